@@ -1,0 +1,196 @@
+"""The ``lorafit`` command line: one command per stage, plus ``run`` for a whole config.
+
+The CLI only parses arguments and calls the stage modules; errors about inputs are printed as one
+paragraph naming the file/row/key, with a non-zero exit code and no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from lorafit.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
+
+EXIT_INPUT = 2
+EXIT_BUDGET = 3
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int = EXIT_INPUT) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _guarded(fn):
+    """Turn known input errors into one-paragraph messages with a non-zero exit code."""
+    from lorafit.budget import BudgetExceeded
+    from lorafit.data.io import DataError
+    from lorafit.io_utils import DiskFullError
+    from lorafit.model import ModelError
+
+    try:
+        return fn()
+    except BudgetExceeded as e:
+        _fail(str(e), EXIT_BUDGET)
+    except (ConfigError, DataError, ModelError, DiskFullError, FileNotFoundError) as e:
+        _fail(str(e))
+    except ValueError as e:  # validation errors raised by stages carry actionable messages
+        _fail(str(e))
+
+
+def _load(config: Path, overrides: List[str], name: Optional[str] = None, output_dir: Optional[str] = None,
+          allow_pickle: bool = False) -> Config:
+    extra = list(overrides)
+    if name:
+        extra.append(f"name={name}")
+    if output_dir:
+        extra.append(f"output_dir={output_dir}")
+    if allow_pickle:
+        extra.append("data.allow_pickle=true")
+    return load_config(config, extra)
+
+
+CONFIG_ARG = typer.Argument(..., help="experiment YAML, e.g. configs/quickstart.yaml")
+OVERRIDES_ARG = typer.Argument(None, help="overrides as key.sub=value, e.g. train.epochs=3")
+
+
+@app.command()
+def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+        name: Optional[str] = typer.Option(None, help="run name (folder under output_dir)"),
+        output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading .pkl data (pickles can run code: trusted sources only)"),
+        verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Run every enabled stage of CONFIG into runs/<name>/ and print a summary."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.pipeline import run as run_pipeline, summary
+
+        cfg = _load(config, overrides or [], name, output_dir, allow_pickle)
+        metrics = run_pipeline(cfg)
+        typer.echo(summary(cfg, metrics))
+
+    _guarded(go)
+
+
+@app.command()
+def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG):
+    """Count trainable parameters from the model config alone (no weights); exit 3 when over budget."""
+    _setup_logging(False)
+
+    def go():
+        from lorafit.budget import count_budget
+
+        cfg = _load(config, overrides or [])
+        report = count_budget(cfg)
+        typer.echo(report.render())
+        if not report.within:
+            top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
+            _fail(f"over budget by {report.trainable - report.max_trainable:,}; largest contributors: {top}", EXIT_BUDGET)
+
+    _guarded(go)
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g. runs/quickstart"),
+            target: Optional[str] = typer.Option(None, help="target set (default: the run config's data.target)"),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="submission path (default RUN_DIR/submission.csv)"),
+            prior: Optional[str] = typer.Option(None, help="none | uniform | em | comma-separated proportions"),
+            text_column: Optional[str] = typer.Option(None, help="text column of the target set"),
+            allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+            verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Write a Kaggle submission (ID,Label) for a target set with a trained run."""
+    _setup_logging(verbose)
+
+    def go():
+        import numpy as np
+
+        from lorafit.data.io import load_unlabeled
+        from lorafit.model import load_trained
+        from lorafit.predict import predict_target, write_submission
+        from lorafit.report import distribution
+
+        model, tok, cfg = load_trained(run_dir)
+        if prior is not None:
+            cfg.predict.prior = [float(x) for x in prior.split(",")] if "," in prior else prior
+        spec = target or cfg.data.target
+        if not spec:
+            _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
+        ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle or cfg.data.allow_pickle)
+        train_prior = None
+        train_dir = Path(run_dir) / "data" / "train"
+        if train_dir.is_dir():
+            import datasets
+
+            labels = datasets.load_from_disk(str(train_dir))["label"]
+            train_prior = np.bincount(labels, minlength=len(cfg.data.labels)) / len(labels)
+        _, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
+        out = output or Path(run_dir) / "submission.csv"
+        write_submission(out, adjusted.argmax(1), expected_rows=len(ds))
+        dist = distribution(adjusted.argmax(1), len(cfg.data.labels))
+        typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class {dict(zip(map(str, cfg.data.labels), dist))}"
+                   + (f"; prior {info['mode']}, {info['changed']} changed" if info.get("mode") not in (None, "none") else "")
+                   + ")")
+
+    _guarded(go)
+
+
+@app.command("adapt-lm")
+def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+             verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Fine-tune the causal LM (augment.lm.model) on the config's unlabeled target texts."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.augment import adapt_lm_stage
+        from lorafit.data import prepare_data
+
+        cfg = _load(config, overrides or [])
+        data = prepare_data(cfg)
+        if data.target is None:
+            _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
+        path = adapt_lm_stage(cfg, data.target["text"], cfg.run_dir)
+        typer.echo(f"adapted LM saved to {path}")
+
+    _guarded(go)
+
+
+@app.command()
+def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+             verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Generate labeled samples per class from the prompt bank (resumable; splits across processes)."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.augment import generate_stage
+        from lorafit.data import prepare_data
+
+        cfg = _load(config, overrides or [])
+        data = prepare_data(cfg)
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world)
+        typer.echo(f"generated {len(ds):,} samples into {cfg.run_dir / 'synthetic'}")
+
+    _guarded(go)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

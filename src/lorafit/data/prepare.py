@@ -1,0 +1,105 @@
+"""Data stage of a run: load, clean, filter by length, split train/validation, load the target."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+import datasets
+import numpy as np
+
+from lorafit.config import Config
+from lorafit.data.clean import clean_text, word_count
+from lorafit.data.io import load_labeled, load_unlabeled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset
+    val: datasets.Dataset
+    target: Optional[datasets.Dataset]
+    stats: dict = field(default_factory=dict)
+
+
+def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of every class held out, seeded, at least one
+    row per class on each side where the class has two or more rows."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def clean_dataset(ds: datasets.Dataset, cfg: Config) -> datasets.Dataset:
+    """Apply the configured cleaning to the ``text`` column (the same function predict uses)."""
+    if not cfg.clean.enabled and cfg.clean.truncate_words is None:
+        return ds
+    tw = cfg.clean.truncate_words
+    if cfg.clean.enabled:
+        texts = [clean_text(t, tw) for t in ds["text"]]
+    else:
+        texts = [" ".join(t.split()[:tw]) for t in ds["text"]]
+    cols = ds.to_dict()
+    cols["text"] = texts
+    return datasets.Dataset.from_dict(cols, features=ds.features)
+
+
+def filter_length(ds: datasets.Dataset, min_words: int, max_words: Optional[int]) -> tuple[datasets.Dataset, int]:
+    counts = np.array([word_count(t) for t in ds["text"]])
+    ok = counts >= min_words
+    if max_words is not None:
+        ok &= counts <= max_words
+    return ds.select(np.flatnonzero(ok)), int((~ok).sum())
+
+
+def subsample(ds: datasets.Dataset, n: Optional[int], seed: int) -> datasets.Dataset:
+    if n is None or n >= len(ds):
+        return ds
+    _, idx = stratified_split(ds["label"], n / len(ds), seed)
+    return ds.select(idx)
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load and clean the source, validation and target sets described by ``cfg.data``."""
+    d = cfg.data
+    source = load_labeled(d.source, d.text_column, d.label_column, d.labels, d.source_split, d.allow_pickle)
+    stats = {"source_rows": len(source)}
+    source = clean_dataset(source, cfg)
+    source, dropped = filter_length(source, cfg.clean.min_words, cfg.clean.max_words)
+    stats["dropped_by_length"] = dropped
+    if d.validation:
+        train = source
+        val = clean_dataset(load_labeled(d.validation, d.text_column, d.label_column, d.labels,
+                                         "test", d.allow_pickle), cfg)
+    else:
+        keep, held = stratified_split(source["label"], d.val_fraction, cfg.train.seed)
+        train, val = source.select(keep), source.select(held)
+    train = subsample(train, d.max_train_samples, cfg.train.seed)
+    val = subsample(val, d.max_val_samples, cfg.train.seed)
+    target = None
+    if d.target:
+        target = clean_dataset(load_unlabeled(d.target, d.target_text_column, allow_pickle=d.allow_pickle), cfg)
+        stats["target_rows"] = len(target)
+    stats.update(train_rows=len(train), val_rows=len(val),
+                 train_label_counts=label_counts(train, len(d.labels)),
+                 val_label_counts=label_counts(val, len(d.labels)))
+    if len(train) == 0:
+        raise ValueError("no training rows left after cleaning and the length filter; loosen clean.min_words/max_words")
+    return PreparedData(train, val, target, stats)
+
+
+def label_counts(ds: datasets.Dataset, k: int) -> list[int]:
+    c = Counter(ds["label"])
+    return [int(c.get(i, 0)) for i in range(k)]

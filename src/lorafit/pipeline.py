@@ -1,0 +1,164 @@
+"""The whole recipe of one config, top to bottom (``lorafit run``).
+
+data -> augment -> budget check -> train (optional distillation) -> evaluate -> self-train on
+the target set -> predict (optional label-prior adjustment) -> submission + summary.
+
+Everything lands in ``<output_dir>/<name>/``. Nothing is written there until the config, the data
+and the parameter budget have been checked, so a bad input leaves no half-made run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+
+from lorafit.budget import check_budget
+from lorafit.config import Config, save_config
+from lorafit.data import prepare_data
+from lorafit.data.prepare import label_counts
+from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
+from lorafit.model import build_model, load_tokenizer
+from lorafit.predict import predict_logits, predict_target, softmax, write_submission
+from lorafit.report import classification_metrics, distribution, plot_confusion, plot_curves
+from lorafit.selftrain import pseudo_labeled_set, with_training_columns
+from lorafit.train import save_trained, teacher_logits, train_model
+
+log = logging.getLogger(__name__)
+
+
+def _attach_teacher(cfg: Config, ds: datasets.Dataset, run_dir: Path) -> datasets.Dataset:
+    d = cfg.train.distill
+    if not d.enabled:
+        return ds
+    logits = teacher_logits(d.teacher, ds["text"], run_dir / "data" / "teacher_logits.npz")
+    if "teacher_logits" in ds.column_names:
+        ds = ds.remove_columns("teacher_logits")
+    return ds.add_column("teacher_logits", logits.tolist())
+
+
+def _teacher_probs(teacher_dir: str, texts: list[str]) -> np.ndarray:
+    """Probabilities of a trained run on ``texts`` (used to filter synthetic samples)."""
+    from lorafit.model import load_trained
+
+    model, tok, tcfg = load_trained(teacher_dir)
+    return softmax(predict_logits(model, tok, texts, tcfg.predict.batch_size, tcfg.model.max_length, clean=tcfg.clean))
+
+
+def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
+    logits = predict_logits(model, tokenizer, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
+                            precision=cfg.train.precision)
+    return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
+
+
+def run(cfg: Config, prepared=None) -> dict:
+    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json."""
+    t0 = time.time()
+    names = list(map(str, cfg.data.labels))
+    k = len(names)
+    budget = check_budget(cfg)  # before any weight or data is loaded
+    data = prepared or prepare_data(cfg)
+    log.info("data: %s", data.stats)
+    tokenizer = load_tokenizer(cfg)
+    model = build_model(cfg, weights=True)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert trainable == budget.trainable, "budget count and loaded model disagree"
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    # ---- augment
+    train = data.train
+    aug_report: dict = {}
+    a = cfg.augment
+    if a.synonyms.enabled or a.lm.enabled or a.generate.enabled or a.extra:
+        from lorafit.augment import augment_training_data
+
+        train, aug_report = augment_training_data(cfg, data.train, data.target, run_dir, teacher_predict=_teacher_probs)
+    save_dataset(train, run_dir / "data" / "train")
+    save_dataset(data.val, run_dir / "data" / "val")
+
+    # ---- train
+    train_in = _attach_teacher(cfg, train, run_dir)
+    t_train = time.time()
+    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints")
+    train_seconds = time.time() - t_train
+    history = list(trainer.state.log_history)
+
+    # ---- self-training on the target set
+    rounds = []
+    st = cfg.selftrain
+    if st.enabled and data.target is not None:
+        target_texts = data.target["text"]
+        gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
+        for r in range(1, st.rounds + 1):
+            probs = softmax(predict_logits(model, tokenizer, target_texts, cfg.predict.batch_size,
+                                           cfg.model.max_length, precision=cfg.train.precision))
+            before = distribution(probs.argmax(1), k)
+            pseudo, info = pseudo_labeled_set(target_texts, probs, st)
+            merged = datasets.concatenate_datasets([gold, pseudo.cast(gold.features)]).shuffle(seed=cfg.train.seed + r)
+            trainer = train_model(cfg, model, tokenizer, _attach_teacher(cfg, merged, run_dir), data.val,
+                                  run_dir / "selftrain" / f"round-{r}", epochs=st.epochs)
+            history += [{**h, "selftrain_round": r} for h in trainer.state.log_history]
+            after = distribution(predict_logits(model, tokenizer, target_texts, cfg.predict.batch_size,
+                                                cfg.model.max_length, precision=cfg.train.precision).argmax(1), k)
+            info.update(round=r, target_distribution_before=before, target_distribution_after=after)
+            log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
+                     r, info["kept_per_class"], before, after)
+            rounds.append(info)
+    save_trained(model, tokenizer, history, run_dir)
+
+    # ---- evaluate
+    val_metrics = evaluate(model, tokenizer, cfg, data.val)
+    plot_confusion(val_metrics["confusion_matrix"], names, run_dir / "confusion_matrix.png")
+    plot_curves(history, run_dir / "curves.png")
+    metrics = {
+        "val_accuracy": val_metrics["accuracy"],
+        "val_macro_f1": val_metrics["macro_f1"],
+        "val": val_metrics,
+        "budget": budget.to_dict(),
+        "data": data.stats,
+        "train_rows": len(train),
+        "augment": aug_report,
+        "selftrain": rounds,
+        "train_seconds": round(train_seconds, 1),
+    }
+
+    # ---- predict the target set
+    if data.target is not None:
+        train_prior = np.bincount(np.asarray(train["label"]), minlength=k) / len(train)
+        probs, adjusted, prior_info = predict_target(model, tokenizer, cfg, data.target["text"], train_prior)
+        preds = adjusted.argmax(1)
+        write_submission(run_dir / "submission.csv", preds, expected_rows=len(data.target))
+        metrics["target"] = {"rows": len(data.target), "predicted_distribution": distribution(preds, k),
+                             "raw_distribution": distribution(probs.argmax(1), k),
+                             "mean_confidence": float(probs.max(1).mean()), "prior": prior_info}
+    metrics["wall_seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "summary.md", summary(cfg, metrics))
+    return metrics
+
+
+def summary(cfg: Config, m: dict) -> str:
+    names = list(map(str, cfg.data.labels))
+    lines = [
+        f"# lorafit run `{cfg.name}`",
+        "",
+        f"- model: {cfg.model.name}; LoRA r={cfg.lora.r} alpha={cfg.lora.lora_alpha} on {cfg.lora.target_modules}",
+        f"- trainable params: {m['budget']['trainable']:,} of {m['budget']['total']:,} "
+        f"(budget {m['budget']['max_trainable']:,})",
+        f"- train rows: {m['train_rows']:,}; validation rows: {m['data']['val_rows']:,}",
+        f"- validation accuracy: {100 * m['val_accuracy']:.2f}%  macro-F1: {100 * m['val_macro_f1']:.2f}%",
+        f"- training time: {m['train_seconds']:.0f} s; wall time: {m['wall_seconds']:.0f} s",
+    ]
+    if "target" in m:
+        dist = ", ".join(f"{n} {c}" for n, c in zip(names, m["target"]["predicted_distribution"]))
+        lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")
+    for r in m.get("selftrain", []):
+        lines.append(f"- self-training round {r['round']}: kept {r['kept_per_class']} per class")
+    lines.append(f"- files: {cfg.run_dir}/ (config.yaml, metrics.json, confusion_matrix.png, curves.png, model/)")
+    return "\n".join(lines) + "\n"

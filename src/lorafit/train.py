@@ -1,0 +1,275 @@
+"""Training stage: tokenize once, Hugging Face ``Trainer`` with the report's arguments, and a loss
+that adds per-sample weights, soft labels (self-training) and knowledge distillation.
+
+Distillation loss: ``alpha * CE + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))``,
+with teacher logits computed once and cached next to the data (see :func:`teacher_logits`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from lorafit.config import Config
+from lorafit.io_utils import atomic_path, atomic_write_json
+from lorafit.model import pick_precision
+
+log = logging.getLogger(__name__)
+
+EXTRA_COLUMNS = ("weight", "soft_labels", "teacher_logits")
+
+
+# ------------------------------------------------------------------ data
+
+
+def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """Tokenize once without padding (padding happens per batch); keep label/extra columns and a
+    ``length`` column used for length-grouped batching."""
+
+    def enc(batch):
+        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out["length"] = [len(x) for x in out["input_ids"]]
+        return out
+
+    keep = [c for c in ds.column_names if c in ("label", *EXTRA_COLUMNS)]
+    tok = ds.map(enc, batched=True, batch_size=1000, remove_columns=[c for c in ds.column_names if c not in keep],
+                 desc="tokenize", load_from_cache_file=False)
+    if "label" in tok.column_names:
+        tok = tok.rename_column("label", "labels")
+    return tok
+
+
+class Collator:
+    """Dynamic padding of the token columns; extra per-sample columns are stacked as tensors."""
+
+    def __init__(self, tokenizer):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+
+    def __call__(self, features):
+        extras = {k: [f.pop(k) for f in features] for k in EXTRA_COLUMNS if k in features[0]}
+        for f in features:
+            f.pop("length", None)
+        batch = self.pad(features)
+        for k, v in extras.items():
+            batch[k] = torch.tensor(np.asarray(v, dtype=np.float32))
+        return batch
+
+
+# ------------------------------------------------------------------ loss
+
+
+def lorafit_loss(logits: torch.Tensor, labels: torch.Tensor, *, weight=None, soft_labels=None,
+                 teacher_logits=None, alpha: float = 0.5, temperature: float = 2.0,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-sample weighted mean of (soft or smoothed) cross-entropy, optionally mixed with the
+    distillation term. With no extras this equals ``F.cross_entropy(logits, labels)``."""
+    logits = logits.float()
+    k = logits.shape[-1]
+    logp = F.log_softmax(logits, dim=-1)
+    if soft_labels is not None:
+        target = soft_labels.float()
+    else:
+        target = F.one_hot(labels.long(), k).float()
+    if label_smoothing:
+        target = (1 - label_smoothing) * target + label_smoothing / k
+    per_sample = -(target * logp).sum(-1)
+    if teacher_logits is not None:
+        t = temperature
+        p_teacher = F.softmax(teacher_logits.float() / t, dim=-1)
+        kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - F.log_softmax(logits / t, dim=-1))).sum(-1)
+        per_sample = alpha * per_sample + (1 - alpha) * (t * t) * kl
+    if weight is None:
+        return per_sample.mean()
+    w = weight.float()
+    return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
+
+
+class LorafitTrainer(Trainer):
+    """``Trainer`` whose loss is :func:`lorafit_loss` (weights, soft labels, distillation)."""
+
+    def __init__(self, *args, distill_alpha: float = 0.5, distill_temperature: float = 2.0,
+                 label_smoothing: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distill_alpha = distill_alpha
+        self.distill_temperature = distill_temperature
+        self.smoothing = label_smoothing
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        extras = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
+        outputs = model(**inputs)
+        loss = lorafit_loss(outputs.logits, labels, alpha=self.distill_alpha, temperature=self.distill_temperature,
+                            label_smoothing=self.smoothing if model.training else 0.0, **extras)
+        return (loss, outputs) if return_outputs else loss
+
+
+def compute_metrics(eval_pred) -> dict:
+    logits, labels = eval_pred
+    preds = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    k = int(max(np.asarray(logits).shape[-1], 1))
+    f1s = []
+    for c in range(k):
+        tp = np.sum((preds == c) & (labels == c))
+        fp = np.sum((preds == c) & (labels != c))
+        fn = np.sum((preds != c) & (labels == c))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float((preds == labels).mean()), "macro_f1": float(np.mean(f1s))}
+
+
+# ------------------------------------------------------------------ optimiser choice
+
+
+def resolve_optim(requested: str, device: str) -> str:
+    """Fused AdamW where this torch build supports it on ``device``, else plain AdamW (logged)."""
+    if "fused" not in requested:
+        return requested
+    try:
+        p = torch.nn.Parameter(torch.zeros(2, device=device))
+        opt = torch.optim.AdamW([p], fused=True)
+        p.grad = torch.ones_like(p)
+        opt.step()
+        return requested
+    except (RuntimeError, TypeError) as e:
+        log.warning("fused AdamW is not supported on %s (%s); falling back to adamw_torch", device, e)
+        return "adamw_torch"
+
+
+def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Optional[float] = None,
+                       eval_enabled: bool = True) -> TrainingArguments:
+    t = cfg.train
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = pick_precision(t.precision)
+    per_epoch_eval = t.eval_steps is None
+    strategy = ("epoch" if per_epoch_eval else "steps") if eval_enabled else "no"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=float(epochs if epochs is not None else t.epochs),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or 4 * t.batch_size,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler,
+        optim=resolve_optim(t.optim, device),
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy=strategy,
+        save_strategy=strategy if eval_enabled else "epoch",
+        eval_steps=t.eval_steps,
+        save_steps=t.eval_steps,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=eval_enabled,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        gradient_checkpointing=t.gradient_checkpointing,
+        remove_unused_columns=False,
+        dataloader_num_workers=t.dataloader_workers,
+        report_to=["tensorboard"],
+        disable_tqdm=False,
+        use_cpu=device == "cpu",
+    )
+
+
+def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
+                out_dir: Path, epochs: Optional[float] = None, resume: Optional[bool] = None):
+    """Train ``model`` (a PEFT model) in place; checkpoints go to ``out_dir``. Returns the trainer.
+
+    ``train_ds``/``val_ds`` carry ``text`` and ``label`` (and optionally ``weight``,
+    ``soft_labels``, ``teacher_logits``). Resumes from the last checkpoint in ``out_dir`` when
+    ``train.resume`` is set.
+    """
+    set_seed(cfg.train.seed)
+    tr = tokenize(train_ds, tokenizer, cfg.model.max_length)
+    va = tokenize(val_ds.select_columns(["text", "label"]), tokenizer, cfg.model.max_length) if val_ds is not None else None
+    args = training_arguments(cfg, out_dir, len(tr), epochs, eval_enabled=va is not None)
+    callbacks = []
+    if cfg.train.early_stopping_patience and va is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    d = cfg.train.distill
+    trainer = LorafitTrainer(
+        model=model,
+        args=args,
+        train_dataset=tr,
+        eval_dataset=va,
+        data_collator=Collator(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        distill_alpha=d.alpha,
+        distill_temperature=d.temperature,
+        label_smoothing=cfg.train.label_smoothing,
+    )
+    resume = cfg.train.resume if resume is None else resume
+    last = get_last_checkpoint(str(out_dir)) if resume and out_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    return trainer
+
+
+def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:
+    """Save the LoRA adapter + tokenizer to ``run_dir/model`` and the log to ``train_log.json``."""
+    with atomic_path(run_dir / "model") as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    atomic_write_json(run_dir / "train_log.json", log_history)
+    return run_dir / "model"
+
+
+# ------------------------------------------------------------------ teacher logits (distillation)
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, batch_size: int = 128) -> np.ndarray:
+    """Logits of a trained lorafit run for ``texts``, computed once and cached by text hash."""
+    from lorafit.model import load_trained
+    from lorafit.predict import predict_logits
+
+    cache: dict[str, np.ndarray] = {}
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as z:
+            cache = dict(zip(z["keys"].tolist(), z["logits"]))
+    keys = [_text_key(t) for t in texts]
+    missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
+    if missing:
+        model, tok, tcfg = load_trained(teacher_dir)
+        new = predict_logits(model, tok, [t for _, t in missing], batch_size=batch_size,
+                             max_length=tcfg.model.max_length, clean=tcfg.clean)
+        cache.update({k: v for (k, _), v in zip(missing, new)})
+        with atomic_path(cache_file, suffix=".npz") as tmp:
+            np.savez(tmp, keys=np.array(list(cache)), logits=np.stack(list(cache.values())))
+        log.info("teacher logits: computed %d, reused %d (cache %s)", len(missing), len(texts) - len(missing), cache_file)
+    return np.stack([cache[k] for k in keys]).astype(np.float32)
+
+
+def clear_checkpoints(out_dir: Path) -> None:
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)
