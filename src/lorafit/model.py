@@ -120,7 +120,9 @@ def build_model(cfg: Config, weights: bool = True):
             base = AutoModelForSequenceClassification.from_config(mcfg)
     else:
         try:
-            base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg)
+            # a checkpoint with another head size gets a fresh head (the head is always trained)
+            base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg,
+                                                                      ignore_mismatched_sizes=True)
         except (OSError, ValueError) as e:
             raise ModelError(
                 f"could not load the weights of '{cfg.model.name}': {str(e)[:300]}. Offline? Point model.name at "
@@ -148,7 +150,8 @@ def load_trained(run_dir: Path | str, merge: bool = True):
     mcfg = load_model_config(cfg.model.name, len(labels), labels)
     if cfg.model.attn_implementation:
         mcfg._attn_implementation = cfg.model.attn_implementation
-    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg)
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg,
+                                                              ignore_mismatched_sizes=True)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
     model = PeftModel.from_pretrained(base, str(adapter))
