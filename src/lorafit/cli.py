@@ -111,6 +111,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="submission path (default RUN_DIR/submission.csv)"),
             prior: Optional[str] = typer.Option(None, help="none | uniform | em | comma-separated proportions"),
             text_column: Optional[str] = typer.Option(None, help="text column of the target set"),
+            reuse_probs: bool = typer.Option(True, help="reuse the run's saved target probabilities when the texts match"),
             allow_pickle: bool = typer.Option(False, "--allow-pickle"),
             verbose: bool = typer.Option(False, "-v", "--verbose")):
     """Write a Kaggle submission (ID,Label) for a target set with a trained run."""
@@ -124,13 +125,19 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         from lorafit.predict import predict_target, write_submission
         from lorafit.report import distribution
 
-        model, tok, cfg = load_trained(run_dir)
+        from lorafit.config import load_config
+        from lorafit.data.prepare import clean_dataset
+        from lorafit.pipeline import load_target_probs
+        from lorafit.prior import adjust_predictions
+
+        cfg = load_config(Path(run_dir) / "config.yaml")
         if prior is not None:
             cfg.predict.prior = [float(x) for x in prior.split(",")] if "," in prior else prior
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
         ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle or cfg.data.allow_pickle)
+        ds = clean_dataset(ds, cfg)
         train_prior = None
         train_dir = Path(run_dir) / "data" / "train"
         if train_dir.is_dir():
@@ -138,13 +145,48 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
 
             labels = datasets.load_from_disk(str(train_dir))["label"]
             train_prior = np.bincount(labels, minlength=len(cfg.data.labels)) / len(labels)
-        _, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
+        probs = load_target_probs(Path(run_dir) / "target_probs.npz", ds["text"]) if reuse_probs else None
+        if probs is not None:  # same texts as the run predicted: re-apply the prior without the model
+            adjusted, info = adjust_predictions(probs, cfg.predict.prior, train_prior=train_prior)
+        else:
+            model, tok, _ = load_trained(run_dir)
+            _, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
         out = output or Path(run_dir) / "submission.csv"
         write_submission(out, adjusted.argmax(1), expected_rows=len(ds))
         dist = distribution(adjusted.argmax(1), len(cfg.data.labels))
         typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class {dict(zip(map(str, cfg.data.labels), dist))}"
                    + (f"; prior {info['mode']}, {info['changed']} changed" if info.get("mode") not in (None, "none") else "")
                    + ")")
+
+    _guarded(go)
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
+             data: str = typer.Argument(..., help="a labeled set (csv/jsonl/parquet/folder/Hub id)"),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here"),
+             text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+             verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.data.io import load_labeled
+        from lorafit.io_utils import atomic_write_json
+        from lorafit.model import load_trained
+        from lorafit.predict import predict_logits
+        from lorafit.report import classification_metrics
+
+        model, tok, cfg = load_trained(run_dir)
+        ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
+                          cfg.data.labels, allow_pickle=allow_pickle)
+        logits = predict_logits(model, tok, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
+                                clean=cfg.clean, precision=cfg.train.precision, progress=True)
+        m = classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
+        if output:
+            atomic_write_json(output, m)
+        typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)")
 
     _guarded(go)
 
@@ -183,7 +225,10 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
         data = prepare_data(cfg)
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world)
-        typer.echo(f"generated {len(ds):,} samples into {cfg.run_dir / 'synthetic'}")
+        if ds is None:  # this process finished its shards; another one assembles the set
+            typer.echo(f"rank {rank}/{world}: shards done; the last process to finish writes samples.jsonl")
+        else:
+            typer.echo(f"generated {len(ds):,} samples into {cfg.run_dir / 'synthetic'}")
 
     _guarded(go)
 

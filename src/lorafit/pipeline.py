@@ -9,6 +9,7 @@ and the parameter budget have been checked, so a bad input leaves no half-made r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from lorafit.budget import check_budget
 from lorafit.config import Config, save_config
 from lorafit.data import prepare_data
 from lorafit.data.prepare import label_counts
-from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
+from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
 from lorafit.predict import predict_logits, predict_target, softmax, write_submission
 from lorafit.report import classification_metrics, distribution, plot_confusion, plot_curves
@@ -133,6 +134,7 @@ def run(cfg: Config, prepared=None) -> dict:
         train_prior = np.bincount(np.asarray(train["label"]), minlength=k) / len(train)
         probs, adjusted, prior_info = predict_target(model, tokenizer, cfg, data.target["text"], train_prior)
         preds = adjusted.argmax(1)
+        save_target_probs(run_dir / "target_probs.npz", probs, data.target["text"])
         write_submission(run_dir / "submission.csv", preds, expected_rows=len(data.target))
         metrics["target"] = {"rows": len(data.target), "predicted_distribution": distribution(preds, k),
                              "raw_distribution": distribution(probs.argmax(1), k),
@@ -141,6 +143,29 @@ def run(cfg: Config, prepared=None) -> dict:
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "summary.md", summary(cfg, metrics))
     return metrics
+
+
+def texts_digest(texts: list[str]) -> str:
+    h = hashlib.sha1()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def save_target_probs(path: Path, probs: np.ndarray, texts: list[str]) -> None:
+    """Keep the raw target probabilities so a prior can be re-applied without the model."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, probs=probs.astype(np.float32), digest=np.array(texts_digest(texts)))
+
+
+def load_target_probs(path: Path, texts: list[str]) -> Optional[np.ndarray]:
+    """The saved probabilities, or None when absent or computed for other texts."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["digest"]) != texts_digest(texts):
+            return None
+        return z["probs"].astype(np.float64)
 
 
 def summary(cfg: Config, m: dict) -> str:

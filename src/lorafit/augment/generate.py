@@ -60,7 +60,8 @@ def load_prompt_bank(path: os.PathLike | str, label_names: Sequence[str]) -> dic
     non-empty string prompt.
     """
     p = resolve_path(str(path))
-    example = f"e.g.\n  {label_names[0] if label_names else 'Sports'}:\n    - \"The match ended\"\n    - \"In the final\""
+    name = label_names[0] if label_names else "Sports"
+    example = f'e.g.\n  {name}:\n    - "The match ended"\n    - "In the final"'
     if not p.is_file():
         raise DataError(f"prompt bank '{p}' does not exist. Set augment.generate.prompts to a YAML file that maps "
                         f"each class name to a list of prompts, {example}")
@@ -78,7 +79,8 @@ def load_prompt_bank(path: os.PathLike | str, label_names: Sequence[str]) -> dic
             raise DataError(f"{p}: unknown label '{key}'; the class names are {list(label_names)} (data.labels). "
                             "Rename the key or fix data.labels.")
         if label in bank:
-            raise DataError(f"{p}: label '{key}' appears twice (names are matched case-insensitively); merge its lists.")
+            raise DataError(f"{p}: label '{key}' appears twice (names are matched case-insensitively); "
+                            "merge its lists.")
         if not isinstance(prompts, list) or not prompts:
             raise DataError(f"{p}: label '{key}' has no prompts ({prompts!r}); give it a non-empty list of strings.")
         for j, q in enumerate(prompts):
@@ -156,7 +158,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {n} is not valid JSON ({e}); delete the file to regenerate it.") from None
+                    raise DataError(f"{path}: line {n} is not valid JSON ({e}); "
+                                    "delete the file to regenerate it.") from None
     return rows
 
 
@@ -291,10 +294,11 @@ def _assemble(out_dir: Path, plan: list[dict], n_shards: int, settings: dict, wa
         log.warning("%d of %d generated samples are empty (per class: %s)", len(empty), len(rows), per_class)
 
     samples = out_dir / "samples.jsonl"
-    if not samples.is_file():
+    fresh = generated > 0  # this call (re)generated shards: rewrite the assembled files
+    if fresh or not samples.is_file():
         atomic_write_text(samples, "".join(json.dumps({k: r[k] for k in COLUMNS}, ensure_ascii=False) + "\n"
                                            for r in rows))
-    if not (out_dir / "manifest.json").is_file():
+    if fresh or not (out_dir / "manifest.json").is_file():
         labels = sorted({r["label"] for r in rows})
         atomic_write_json(out_dir / "manifest.json", {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -47,8 +47,7 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None):
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype) if dtype else \
-            AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
     except (OSError, ValueError) as e:
         raise ModelError(
             f"could not load the causal language model '{name}': {str(e)[:300]}. Offline? Download it once where "
@@ -62,6 +61,8 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 
 
@@ -97,12 +98,13 @@ def pack_texts(tokenizer, texts: Sequence[str], block_size: int) -> tuple[datase
 
 def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | str, epochs: float = 2,
                          block_size: int = 256, batch_size: int = 8, learning_rate: float = 5e-5, seed: int = 42,
-                         max_steps: int = -1, precision: str = "auto", save_steps: int = 500) -> Path:
+                         max_steps: int = -1, precision: str = "auto", save_steps: int = 500,
+                         keep_checkpoints: bool = False) -> Path:
     """Fine-tune the causal LM ``model`` (Hub id or folder) on ``texts``; return ``output_dir/model``.
 
     ``max_steps`` > 0 overrides ``epochs``. ``precision``: auto|bf16|fp16|fp32. A checkpoint is
     written every ``save_steps`` steps to ``output_dir/checkpoints``; a rerun resumes from the last
-    one, and the checkpoints are removed once the final model is saved.
+    one. Once the final model is saved they are removed, unless ``keep_checkpoints``.
     """
     output_dir = Path(output_dir)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -173,6 +175,7 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
         "wall_time_s": round(wall, 3),
         "log_history": trainer.state.log_history,
     })
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the finished model supersedes them
+    if not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the finished model supersedes them
     log.info("adapted LM saved to %s (%d steps, %.1f s)", output_dir / "model", trainer.state.global_step, wall)
     return output_dir / "model"

@@ -183,9 +183,21 @@ def is_content_word(word: str) -> bool:
             and not (word.isupper() and len(word) > 1))
 
 
+def _starts_sentence(text: str, pos: int) -> bool:
+    before = text[:pos].rstrip(" \t\"'(")
+    return not before or before[-1] in ".!?:"
+
+
+def _replaceable(text: str, m: re.Match) -> bool:
+    """A content word that is not a name: a capitalised word inside a sentence ("Wall Street",
+    "Carlyle") is left alone, since its WordNet synonyms would change the entity."""
+    word = m.group()
+    return is_content_word(word) and (word[0].islower() or _starts_sentence(text, m.start()))
+
+
 def replace_synonyms(text: str, fraction: float, rng: random.Random, synonyms: SynonymFinder) -> str:
     """Replace ``max(1, round(fraction * n))`` of the ``n`` content words that have a synonym."""
-    words = [m for m in _WORD.finditer(text) if is_content_word(m.group())]
+    words = [m for m in _WORD.finditer(text) if _replaceable(text, m)]
     n_content = len(words)
     candidates = [m for m in words if synonyms(m.group())]
     if not candidates:
@@ -211,7 +223,8 @@ def synonym_augment(ds: datasets.Dataset, fraction: float, copies: int, seed: in
 
     Up to ``max_samples`` rows (a seeded subsample; null = all) each get ``copies`` copies in which
     about ``fraction`` of the content words are replaced. Stopwords, numbers, punctuation,
-    acronyms and words under 3 letters are never replaced. Copies identical to the original (or
+    acronyms, capitalised words inside a sentence (names) and words under 3 letters are never
+    replaced. Copies identical to the original (or
     to an earlier copy) are skipped. Returns only the new rows, with columns ``text`` and
     ``label``; the same ``seed`` gives the same rows.
     """
@@ -223,7 +236,7 @@ def synonym_augment(ds: datasets.Dataset, fraction: float, copies: int, seed: in
     rows = np.arange(len(ds))
     if max_samples is not None and max_samples < len(ds):
         rows = np.sort(np.random.default_rng(seed).choice(len(ds), size=max_samples, replace=False))
-    texts, labels = ds["text"], ds["label"]
+    texts, labels = ds["text"][:], ds["label"][:]  # lists: reading a Column item by item is slow
     new_texts, new_labels = [], []
     for i in rows.tolist():
         seen = {texts[i]}

@@ -1,0 +1,165 @@
+"""Training-data augmentation: the report's recipe for adapting to an unlabeled target domain.
+
+In order (each step on when its config section says so):
+
+1. ``synonyms``: WordNet synonym copies of training rows (:mod:`lorafit.augment.synonyms`);
+2. ``lm``: a causal LM (GPT-2) fine-tuned on the unlabeled target texts (:mod:`.lm_adapt`);
+3. ``generate``: that LM prompted per class for labeled samples (:mod:`.generate`);
+4. ``extra``: more labeled files, e.g. samples generated earlier;
+5. ``select``: cleaning, de-duplication and teacher agreement for the rows of 3 and 4 (:mod:`.select`).
+
+:func:`augment_training_data` runs them for ``lorafit run``; :func:`adapt_lm_stage` and
+:func:`generate_stage` back the ``lorafit adapt-lm`` and ``lorafit generate`` commands. Every
+step writes its output under the run folder and is skipped or resumed when it is already there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import datasets
+import numpy as np
+
+from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, sample_lengths
+from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
+from lorafit.augment.select import select_samples
+from lorafit.augment.synonyms import WordNetError, synonym_augment
+from lorafit.config import Config, ConfigError
+from lorafit.data.io import load_labeled
+from lorafit.io_utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "augment_training_data", "adapt_lm_stage", "generate_stage", "synonym_augment", "adapt_language_model",
+    "pack_texts", "load_prompt_bank", "fit_length_distribution", "sample_lengths", "generate_samples",
+    "select_samples", "WordNetError",
+]
+
+TeacherPredict = Callable[[str, list], np.ndarray]
+
+
+def lm_output_dir(cfg: Config, run_dir: Path) -> Path:
+    """Where the adapted LM lives: ``augment.lm.output`` or ``<run_dir>/lm``."""
+    return Path(cfg.augment.lm.output) if cfg.augment.lm.output else Path(run_dir) / "lm"
+
+
+def adapt_lm_stage(cfg: Config, target_texts: Sequence[str], run_dir: Path) -> Path:
+    """Adapt ``augment.lm.model`` to ``target_texts``; return the model folder. A folder that
+    already holds a finished model (written atomically, so complete) is reused as it is."""
+    out = lm_output_dir(cfg, run_dir)
+    if (out / "model" / "config.json").is_file():
+        log.info("adapted LM found at %s; skipping LM adaptation (delete it to retrain)", out / "model")
+        return out / "model"
+    lm = cfg.augment.lm
+    return adapt_language_model(lm.model, list(target_texts), out, epochs=lm.epochs, block_size=lm.block_size,
+                                batch_size=lm.batch_size, learning_rate=lm.learning_rate, seed=cfg.train.seed,
+                                max_steps=lm.max_steps, precision=cfg.train.precision)
+
+
+def generation_model(cfg: Config, run_dir: Path) -> str:
+    """``augment.generate.model``, or else the adapted LM of this run."""
+    if cfg.augment.generate.model:
+        return cfg.augment.generate.model
+    adapted = lm_output_dir(cfg, run_dir) / "model"
+    if (adapted / "config.json").is_file():
+        return str(adapted)
+    raise ConfigError(
+        f"config key 'augment.generate.model' is not set and there is no adapted LM at '{adapted}'. Adapt one "
+        "first (`lorafit adapt-lm`, or augment.lm.enabled=true), or set augment.generate.model (e.g. gpt2)."
+    )
+
+
+def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank: int = 0,
+                   world_size: int = 1) -> Optional[datasets.Dataset]:
+    """Generate ``augment.generate.per_class`` samples per class into ``<run_dir>/synthetic``.
+
+    Target lengths follow a skew-normal fitted to ``train_texts`` (``length.mode: fit``) or the
+    configured parameters. Returns None for a rank whose peers have not finished (see
+    :func:`generate_samples`).
+    """
+    g = cfg.augment.generate
+    bank = load_prompt_bank(g.prompts, [str(label) for label in cfg.data.labels])
+    if g.length.mode == "fit":
+        a, loc, scale = fit_length_distribution(list(train_texts))
+        log.info("target lengths: skew-normal a=%.3f loc=%.2f scale=%.2f fitted on %d training texts",
+                 a, loc, scale, len(train_texts))
+    else:
+        a, loc, scale = g.length.a, g.length.loc, g.length.scale
+    return generate_samples(
+        generation_model(cfg, run_dir), bank, g.per_class, Path(run_dir) / "synthetic",
+        a=a, loc=loc, scale=scale, min_words=g.length.min_words, max_words=g.length.max_words,
+        top_k=g.top_k, top_p=g.top_p, temperature=g.temperature, repetition_penalty=g.repetition_penalty,
+        batch_size=g.batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size,
+    )
+
+
+def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional[datasets.Dataset], run_dir: Path,
+                          teacher_predict: Optional[TeacherPredict] = None) -> tuple[datasets.Dataset, dict]:
+    """Run the augmentation steps the config enables; return the merged, shuffled training set
+    (columns ``text``, ``label``) and a report, also written to ``<run_dir>/augment_report.json``.
+
+    ``teacher_predict(teacher_dir, texts) -> N x K probabilities`` is needed when
+    ``augment.select.teacher`` is set.
+    """
+    run_dir = Path(run_dir)
+    a = cfg.augment
+    base = train.select_columns(["text", "label"])
+    features = base.features
+    train_texts = base["text"][:]  # a list: reading a Column item by item is slow
+    rows = {"original": len(base)}
+    report: dict = {"rows": rows, "paths": {}}
+    parts = [base]
+
+    if a.synonyms.enabled:
+        s = a.synonyms
+        syn = synonym_augment(base, s.fraction, s.copies, cfg.train.seed, s.max_samples, s.wordnet_dir)
+        parts.append(syn.cast(features))
+        rows["synonyms"] = len(syn)
+
+    if a.lm.enabled:
+        if target is None or len(target) == 0:
+            raise ConfigError("config key 'augment.lm.enabled' needs the unlabeled target texts; set data.target, "
+                              "or disable augment.lm.")
+        report["paths"]["lm"] = str(adapt_lm_stage(cfg, target["text"][:], run_dir))
+
+    pool = []
+    if a.generate.enabled:
+        synth = generate_stage(cfg, train_texts, run_dir)
+        rows["synthetic_generated"] = len(synth)
+        report["paths"]["synthetic"] = str(run_dir / "synthetic")
+        pool.append(synth.select_columns(["text", "label"]).cast(features)
+                    .add_column("source", ["synthetic"] * len(synth)))
+    for spec in a.extra:
+        extra = load_labeled(spec, labels=cfg.data.labels, allow_pickle=cfg.data.allow_pickle)
+        rows["extra_loaded"] = rows.get("extra_loaded", 0) + len(extra)
+        pool.append(extra.cast(features).add_column("source", ["extra"] * len(extra)))
+
+    if pool:
+        pooled = datasets.concatenate_datasets(pool)
+        if a.select.enabled:
+            probs = None
+            if a.select.teacher:
+                if teacher_predict is None:
+                    raise ConfigError("config key 'augment.select.teacher' is set, but this command has no teacher "
+                                      "predictor; run the full pipeline (`lorafit run`) or unset the key.")
+                probs = teacher_predict(a.select.teacher, pooled["text"][:])
+            pooled, report["selection"] = select_samples(
+                pooled, min_words=a.select.min_words, near_duplicate=a.select.near_duplicate,
+                reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence)
+        else:
+            pooled = pooled.filter(lambda t: bool(t.strip()), input_columns="text")  # generation can be empty
+        sources = pooled["source"][:]
+        if a.generate.enabled:
+            rows["synthetic"] = sources.count("synthetic")
+        if a.extra:
+            rows["extra"] = sources.count("extra")
+        parts.append(pooled.remove_columns("source").cast(features))
+
+    merged = datasets.concatenate_datasets(parts).shuffle(seed=cfg.train.seed).flatten_indices()
+    rows["total"] = len(merged)
+    atomic_write_json(run_dir / "augment_report.json", report)
+    log.info("augmented training set: %s", rows)
+    return merged, report
