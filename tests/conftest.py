@@ -71,7 +71,7 @@ def tiny_roberta_dir(tmp_path_factory) -> Path:
                                sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
                                mask_token="<mask>", model_max_length=64)
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, num_labels=4,
+                        intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, num_labels=4, initializer_range=0.2,
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     import torch
 

@@ -130,9 +130,15 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         from lorafit.pipeline import load_target_probs
         from lorafit.prior import adjust_predictions
 
+        from lorafit.model import require_trained_run
+        from lorafit.prior import parse_prior
+
+        require_trained_run(run_dir)
         cfg = load_config(Path(run_dir) / "config.yaml")
         if prior is not None:
             cfg.predict.prior = [float(x) for x in prior.split(",")] if "," in prior else prior
+            if cfg.predict.prior != "em":
+                parse_prior(cfg.predict.prior, len(cfg.data.labels))  # fail before any model work
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")

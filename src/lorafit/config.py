@@ -424,6 +424,8 @@ def _coerce(value, tp, key: str):
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # name=2024 from the CLI
+            return str(value)
         raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
     return value
 

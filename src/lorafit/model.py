@@ -136,15 +136,21 @@ def build_model(cfg: Config, weights: bool = True):
         raise ModelError(f"config keys 'lora.*' do not fit model '{cfg.model.name}': {e}") from None
 
 
+def require_trained_run(run_dir: Path | str) -> Path:
+    """The adapter folder of a trained run, or a :class:`ModelError` saying how to make one."""
+    adapter = Path(run_dir) / "model"
+    if not (adapter / "adapter_config.json").is_file() or not (Path(run_dir) / "config.yaml").is_file():
+        raise ModelError(f"{run_dir}: no trained model in it (expected config.yaml and {adapter}/adapter_config.json); "
+                         "train it first with `lorafit run`.")
+    return adapter
+
+
 def load_trained(run_dir: Path | str, merge: bool = True):
     """Load a trained run (``runs/<name>/model``): base weights + LoRA adapter, merged for speed."""
     from lorafit.config import load_config
 
+    adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
-    adapter = run_dir / "model"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelError(f"{run_dir}: no trained model in it (expected {adapter}/adapter_config.json); "
-                         "train it first with `lorafit run`.")
     cfg = load_config(run_dir / "config.yaml")
     labels = list(map(str, cfg.data.labels))
     mcfg = load_model_config(cfg.model.name, len(labels), labels)

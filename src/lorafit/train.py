@@ -248,9 +248,28 @@ def _text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def load_teacher(teacher_dir: str | Path):
+    """(model, tokenizer, max_length) of a teacher: a trained lorafit run (``runs/<name>``), or any
+    sequence-classification model folder or Hub id (e.g. a full fine-tune)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lorafit.model import ModelError, load_trained, resolve_model
+
+    if (Path(teacher_dir) / "model" / "adapter_config.json").is_file():
+        model, tok, tcfg = load_trained(teacher_dir)
+        return model, tok, tcfg.model.max_length
+    path = resolve_model(str(teacher_dir))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"train.distill.teacher '{teacher_dir}': neither a lorafit run folder nor a loadable "
+                         f"sequence-classification model ({str(e)[:200]}).") from None
+    return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512)
+
+
 def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, batch_size: int = 128) -> np.ndarray:
     """Logits of a trained lorafit run for ``texts``, computed once and cached by text hash."""
-    from lorafit.model import load_trained
     from lorafit.predict import predict_logits
 
     cache: dict[str, np.ndarray] = {}
@@ -260,9 +279,8 @@ def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, 
     keys = [_text_key(t) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
     if missing:
-        model, tok, tcfg = load_trained(teacher_dir)
-        new = predict_logits(model, tok, [t for _, t in missing], batch_size=batch_size,
-                             max_length=tcfg.model.max_length, clean=tcfg.clean)
+        model, tok, max_length = load_teacher(teacher_dir)
+        new = predict_logits(model, tok, [t for _, t in missing], batch_size=batch_size, max_length=max_length)
         cache.update({k: v for (k, _), v in zip(missing, new)})
         with atomic_path(cache_file, suffix=".npz") as tmp:
             np.savez(tmp, keys=np.array(list(cache)), logits=np.stack(list(cache.values())))

@@ -44,6 +44,9 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None):
     The tokenizer must have an EOS token (it separates the packed texts); when it has no pad
     token, EOS doubles as one.
     """
+    if name.startswith(SCRATCH_PREFIX):
+        tokenizer, model = scratch_gpt2(name[len(SCRATCH_PREFIX):])
+        return _with_pad(tokenizer, model, name)
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -54,6 +57,10 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None):
             "there is a network (`hf download gpt2`, then set HF_HUB_OFFLINE=1) or point the config "
             "(augment.lm.model / augment.generate.model) at a local folder with config.json and the weights."
         ) from None
+    return _with_pad(tokenizer, model, name)
+
+
+def _with_pad(tokenizer, model, name: str):
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer of '{name}' has no EOS token; lorafit needs one to separate texts. "
                          "Set tokenizer.eos_token in its tokenizer_config.json.")
@@ -64,6 +71,29 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None):
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
+
+
+SCRATCH_PREFIX = "scratch:"
+
+
+def scratch_gpt2(tokenizer_name: str, n_layer: int = 2, n_embd: int = 128, n_head: int = 4):
+    """A small randomly initialised GPT-2 over the tokenizer of ``tokenizer_name``.
+
+    For machines with no pretrained causal LM (``augment.lm.model: scratch:minilm``): adaptation
+    then trains it from scratch on the target texts, which exercises the whole augmentation path
+    offline but writes far worse text than a pretrained GPT-2 adapted for two epochs.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer_name))
+    if tokenizer.eos_token is None:  # BERT-style tokenizers: [SEP] ends a text
+        tokenizer.eos_token = tokenizer.sep_token
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    log.info("LM: a %d-layer GPT-2 (hidden %d) initialised at random over the '%s' tokenizer "
+             "(no pretrained causal LM requested)", n_layer, n_embd, tokenizer_name)
+    return tokenizer, GPT2LMHeadModel(cfg)
 
 
 def pack_texts(tokenizer, texts: Sequence[str], block_size: int) -> tuple[datasets.Dataset, dict]:

@@ -65,10 +65,22 @@ def filter_length(ds: datasets.Dataset, min_words: int, max_words: Optional[int]
 
 
 def subsample(ds: datasets.Dataset, n: Optional[int], seed: int) -> datasets.Dataset:
+    """Exactly ``n`` rows, stratified: per-class quotas by largest remainder, seeded."""
     if n is None or n >= len(ds):
         return ds
-    _, idx = stratified_split(ds["label"], n / len(ds), seed)
-    return ds.select(idx)
+    labels = np.asarray(ds["label"])
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(ds)
+    take = np.floor(quota).astype(int)
+    for j in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[j] += 1
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c, t in zip(classes, take):
+        rows = np.flatnonzero(labels == c)
+        rng.shuffle(rows)
+        picked.append(rows[:t])
+    return ds.select(np.sort(np.concatenate(picked)))
 
 
 def prepare_data(cfg: Config) -> PreparedData:

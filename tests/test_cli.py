@@ -1,0 +1,286 @@
+"""The ``lorafit`` command line: exit codes, one-paragraph errors without tracebacks, no half-made
+run folders, and the run -> predict round trip on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_labeled_rows, tiny_overrides, write_csv
+from lorafit.cli import EXIT_BUDGET, EXIT_INPUT, app
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "configs" / "seed.yaml"
+PEFT_LINE = "trainable params: 916,996 || all params: 125,463,560 || trainable%: 0.7309"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: thread synchronisation dominates on 2 cores
+    yield
+    torch.set_num_threads(before)
+
+
+# A config of its own (defaults, augmentation off) so changes to the shipped demos do not change
+# what these tests measure; the tiny model and data come in as command-line overrides.
+TINY_YAML = """name: tiny
+augment:
+  synonyms: {enabled: false}
+  lm: {enabled: false}
+  generate: {enabled: false}
+selftrain: {enabled: false}
+"""
+
+
+def _tiny_config(folder: Path) -> Path:
+    p = folder / "tiny.yaml"
+    p.write_text(TINY_YAML)
+    return p
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _invoke(runner: CliRunner, *args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _assert_clean_failure(result, code: int, *needles: str) -> str:
+    """Exit ``code`` through the CLI's own error path: one ``error:`` paragraph, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    # a deliberate exit (typer.Exit -> SystemExit), not an exception that escaped the CLI
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    # progress bars may precede it; the error is the last thing printed, as one paragraph
+    assert "error: " in result.stderr, result.stderr
+    err = result.stderr[result.stderr.rindex("error: "):].strip()
+    assert "\n\n" not in err, "the error must be one paragraph"
+    assert "error: " not in result.stdout
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ------------------------------------------------------------------ budget
+
+
+def test_budget_prints_the_peft_line(runner):
+    result = _invoke(runner, "budget", SEED)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == PEFT_LINE
+    out = result.stdout
+    assert "221,184" in out and "102,144" in out and "593,668" in out and "OK" in out
+
+
+def test_budget_over_limit_exits_3_naming_contributors(runner):
+    result = _invoke(runner, "budget", SEED, "lora.r=16")
+    assert result.stdout.splitlines()[0].startswith("trainable params: 1,580,548 || all params: 126,127,112")
+    err = _assert_clean_failure(result, EXIT_BUDGET, "580,548", "largest contributors",
+                                "classifier.modules_to_save.dense", "query.lora_A")
+    assert err.index("classifier.modules_to_save.dense") < err.index("query.lora_A")  # largest first
+
+
+def test_budget_unknown_key(runner):
+    result = _invoke(runner, "budget", SEED, "lora.rank=8")
+    _assert_clean_failure(result, EXIT_INPUT, "unknown config key 'lora.rank'")
+
+
+def test_budget_console_script_over_limit():
+    """The installed entry point: exit 3, message on stderr, the PEFT line on stdout, no traceback."""
+    exe = Path(sys.executable).with_name("lorafit")
+    if not exe.is_file():
+        pytest.skip("the lorafit console script is not installed next to this interpreter")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([str(exe), "budget", str(SEED), "lora.r=16"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == EXIT_BUDGET, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("trainable params: 1,580,548 || all params: 126,127,112")
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert "error: over budget by 580,548; largest contributors: classifier.modules_to_save.dense" in proc.stderr
+
+
+# ------------------------------------------------------------------ run: input errors leave nothing behind
+
+
+@pytest.fixture()
+def tiny_inputs(tiny_roberta_dir, tmp_path) -> dict:
+    data = tmp_path / "data"
+    csvs = {
+        "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
+        "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
+        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
+    }
+    runs = tmp_path / "runs"
+    return {"model": tiny_roberta_dir, "csvs": csvs, "runs": runs, "tmp": tmp_path, "config": _tiny_config(tmp_path)}
+
+
+def _run_args(inp: dict, **extra) -> list[str]:
+    return ["run", str(inp["config"]), *tiny_overrides(inp["model"], inp["csvs"], inp["runs"], **extra)]
+
+
+def _assert_no_run_folder(inp: dict) -> None:
+    runs = inp["runs"]
+    assert not runs.exists() or not any(runs.iterdir()), sorted(p.name for p in runs.rglob("*"))
+
+
+def test_run_missing_data_file(runner, tiny_inputs):
+    missing = tiny_inputs["tmp"] / "data" / "no_such_train.csv"
+    result = _invoke(runner, *_run_args(tiny_inputs, **{"data.source": missing}))
+    _assert_clean_failure(result, EXIT_INPUT, str(missing), "no such file")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_unknown_config_key(runner, tiny_inputs):
+    result = _invoke(runner, *_run_args(tiny_inputs), "train.epochz=3")
+    _assert_clean_failure(result, EXIT_INPUT, "unknown config key 'train.epochz'", "epochs")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_wrong_type(runner, tiny_inputs):
+    result = _invoke(runner, *_run_args(tiny_inputs), "train.batch_size=abc")
+    _assert_clean_failure(result, EXIT_INPUT, "'train.batch_size'", "integer")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_label_out_of_range(runner, tiny_inputs):
+    rows = tiny_labeled_rows(6)
+    rows[17]["label"] = 9
+    bad = write_csv(tiny_inputs["tmp"] / "data" / "bad_labels.csv", rows)
+    result = _invoke(runner, *_run_args(tiny_inputs, **{"data.source": bad}))
+    _assert_clean_failure(result, EXIT_INPUT, str(bad), "row 17", "9")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_label_out_of_range_in_validation_file(runner, tiny_inputs):
+    rows = tiny_labeled_rows(2)
+    rows[3]["label"] = "Politics"
+    bad = write_csv(tiny_inputs["tmp"] / "data" / "bad_dev.csv", rows)
+    result = _invoke(runner, *_run_args(tiny_inputs, **{"data.validation": bad}))
+    _assert_clean_failure(result, EXIT_INPUT, str(bad), "row 3", "Politics")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_non_utf8_file(runner, tiny_inputs):
+    bad = tiny_inputs["tmp"] / "data" / "latin1_target.csv"
+    bad.write_bytes(b"text\nfine\nalso fine\ncaf\xe9 society\n")
+    result = _invoke(runner, *_run_args(tiny_inputs, **{"data.target": bad}))
+    _assert_clean_failure(result, EXIT_INPUT, str(bad), "line 4", "UTF-8")
+    _assert_no_run_folder(tiny_inputs)
+
+
+def test_run_missing_config_file(runner, tmp_path):
+    result = _invoke(runner, "run", tmp_path / "nope.yaml", f"output_dir={tmp_path / 'runs'}")
+    _assert_clean_failure(result, EXIT_INPUT, "nope.yaml", "does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_over_budget_exits_3_before_training(runner, tiny_inputs):
+    result = _invoke(runner, *_run_args(tiny_inputs), "budget.max_trainable=100")
+    _assert_clean_failure(result, EXIT_BUDGET, "budget.max_trainable=100", "Largest contributors")
+    _assert_no_run_folder(tiny_inputs)
+
+
+# ------------------------------------------------------------------ run + predict
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_roberta_dir, tmp_path_factory) -> dict:
+    """One successful tiny ``lorafit run ... key=value`` shared by the run/predict tests."""
+    tmp = tmp_path_factory.mktemp("cli-run")
+    csvs = {
+        "train": write_csv(tmp / "data" / "train.csv", tiny_labeled_rows(6)),
+        "dev": write_csv(tmp / "data" / "dev.csv", tiny_labeled_rows(2)),
+        "target": write_csv(tmp / "data" / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
+    }
+    inp = {"model": tiny_roberta_dir, "csvs": csvs, "runs": tmp / "runs", "tmp": tmp, "config": _tiny_config(tmp)}
+    result = _invoke(CliRunner(), *_run_args(inp, **{"train.epochs": 1}))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return {**inp, "run_dir": inp["runs"] / "tiny", "stdout": result.stdout}
+
+
+def _submission(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_run_writes_metrics_and_submission(trained):
+    run_dir = trained["run_dir"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert np.array(metrics["val"]["confusion_matrix"]).sum() == 32
+    rows = _submission(run_dir / "submission.csv")
+    assert rows[0] == ["ID", "Label"] and len(rows) == 17
+    assert {int(r[1]) for r in rows[1:]} <= {0, 1, 2, 3}
+    assert "# lorafit run `tiny`" in trained["stdout"]  # the summary is printed
+    # the overrides given on the command line are what the run used
+    from lorafit.config import load_config
+
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.train.epochs == 1.0 and saved.model.name == str(trained["model"])
+    assert saved.lora.target_modules == ["query", "value"]
+
+
+def test_predict_with_uniform_prior(runner, trained):
+    out = trained["tmp"] / "preds" / "out.csv"
+    result = _invoke(runner, "predict", trained["run_dir"], "--prior", "uniform", "-o", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert str(out) in result.stdout and "16 rows" in result.stdout
+    rows = _submission(out)
+    assert rows[0] == ["ID", "Label"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(16))
+    got = [int(r[1]) for r in rows[1:]]
+    assert set(got) <= {0, 1, 2, 3}
+
+    assert "prior uniform" in result.stdout
+
+    # what the library computes with the uniform prior (up to near-ties of the adjusted
+    # probabilities, which float rounding may break either way)
+    import datasets
+
+    from lorafit.model import load_trained
+    from lorafit.predict import predict_target
+
+    model, tok, cfg = load_trained(trained["run_dir"], merge=False)
+    cfg.predict.prior = "uniform"
+    texts = [r["text"] for r in csv.DictReader(open(trained["csvs"]["target"], encoding="utf-8"))]
+    labels = datasets.load_from_disk(str(trained["run_dir"] / "data" / "train"))["label"]
+    _, adjusted, info = predict_target(model, tok, cfg, texts, np.bincount(labels, minlength=4) / len(labels))
+    assert info["mode"] == "uniform"
+    chosen = adjusted[np.arange(len(got)), got]
+    assert np.all(chosen >= adjusted.max(1) - 1e-4), (got, adjusted.argmax(1).tolist())
+    # the run's own submission is untouched
+    assert len(_submission(trained["run_dir"] / "submission.csv")) == 17
+
+
+def test_predict_other_target_and_bad_prior(runner, trained):
+    other = write_csv(trained["tmp"] / "other.csv", [{"body": "Shares rise as profit grows"}, {"body": "Cup final tonight"}])
+    out = trained["tmp"] / "other_sub.csv"
+    result = _invoke(runner, "predict", trained["run_dir"], "--target", other, "--text-column", "body", "-o", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(_submission(out)) == 3
+    bad = _invoke(runner, "predict", trained["run_dir"], "--prior", "0.5,0.5", "-o", trained["tmp"] / "x.csv")
+    _assert_clean_failure(bad, EXIT_INPUT, "prior")
+    assert not (trained["tmp"] / "x.csv").exists()
+
+
+def test_predict_without_a_trained_model(runner, tmp_path):
+    """A folder that is not a trained run: the error says so (not 'pass a YAML file')."""
+    folder = tmp_path / "empty-run"
+    folder.mkdir()
+    result = _invoke(runner, "predict", folder, "-o", tmp_path / "out.csv")
+    err = _assert_clean_failure(result, EXIT_INPUT, str(folder), "no trained model")
+    assert "lorafit run" in err
+    assert not (tmp_path / "out.csv").exists()

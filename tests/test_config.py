@@ -1,0 +1,297 @@
+"""Typed YAML config: loading, ``key.sub=value`` overrides, errors that name the key, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorafit.config import Config, ConfigError, load_config, parse_override, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_defaults_without_a_file():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.run_dir == Path("runs") / "run"
+    assert cfg.data.labels == ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def test_load_yaml_file(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(
+        "name: exp1\n"
+        "output_dir: out\n"
+        "data:\n  source: data/train.csv\n  val_fraction: 0.2\n  labels: [neg, pos]\n"
+        "lora:\n  r: 8\n  target_modules: [query, value]\n  layers_to_transform: [10, 11]\n"
+        "train:\n  learning_rate: 2e-5\n  epochs: 3\n  distill:\n    enabled: true\n    teacher: runs/t\n"
+        "predict:\n  prior: [0.1, 0.2, 0.3, 0.4]\n"
+    )
+    cfg = load_config(p)
+    assert cfg.name == "exp1" and cfg.run_dir == Path("out") / "exp1"
+    assert cfg.data.source == "data/train.csv" and cfg.data.val_fraction == 0.2
+    assert cfg.data.labels == ["neg", "pos"]
+    assert cfg.lora.r == 8 and cfg.lora.target_modules == ["query", "value"]
+    assert cfg.lora.layers_to_transform == [10, 11]
+    # YAML 1.1 reads '2e-5' (no dot) as a string; the config still makes it a float
+    assert cfg.train.learning_rate == pytest.approx(2e-5) and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.distill.enabled is True and cfg.train.distill.teacher == "runs/t"
+    assert cfg.predict.prior == [0.1, 0.2, 0.3, 0.4]
+    # untouched keys keep their defaults
+    assert cfg.train.batch_size == Config().train.batch_size
+    assert cfg.lora.bias == "all"
+
+
+def test_empty_yaml_file_gives_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing here\n")
+    assert load_config(p) == Config()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.name == raw["name"]
+    assert cfg.model.name == raw["model"]["name"]
+
+
+def test_shipped_configs_exist():
+    names = {p.name for p in SHIPPED}
+    assert {"seed.yaml", "quickstart.yaml"} <= names
+
+
+def test_seed_config_is_the_reports_recipe():
+    cfg = load_config(REPO / "configs" / "seed.yaml")
+    assert cfg.model.name == "roberta-base"
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (4, 64.0, 0.1)
+    assert cfg.lora.target_modules == ["query", "key", "value"] and cfg.lora.bias == "all"
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (11.0, 64, 2e-5)
+    assert cfg.budget.max_trainable == 1_000_000
+    assert cfg.augment.generate.per_class == 3000
+
+
+# ------------------------------------------------------------------ overrides
+
+
+@pytest.mark.parametrize(
+    "text,keys,value",
+    [
+        ("train.epochs=3", ["train", "epochs"], 3),
+        ("train.learning_rate=2e-5", ["train", "learning_rate"], "2e-5"),  # YAML 1.1: still a string here
+        ("train.learning_rate=2.0e-5", ["train", "learning_rate"], 2e-5),
+        ("lora.target_modules=[query,value]", ["lora", "target_modules"], ["query", "value"]),
+        ("data.max_train_samples=null", ["data", "max_train_samples"], None),
+        ("train.resume=false", ["train", "resume"], False),
+        ("name=my run", ["name"], "my run"),
+        ("data.source=a=b.csv", ["data", "source"], "a=b.csv"),  # only the first '=' splits
+        ("data.target=", ["data", "target"], ""),
+    ],
+)
+def test_parse_override_reads_yaml(text, keys, value):
+    assert parse_override(text) == (keys, value)
+
+
+def test_overrides_apply_with_yaml_typing():
+    cfg = load_config(REPO / "configs" / "seed.yaml", [
+        "train.epochs=3",
+        "train.batch_size=16",
+        "train.learning_rate=2e-5",
+        "train.warmup_ratio=0.06",
+        "lora.r=8",
+        "lora.lora_alpha=16",
+        "lora.target_modules=[query,value,dense]",
+        "lora.layers_to_transform=[10,11]",
+        "lora.use_dora=true",
+        "data.max_train_samples=120",
+        "data.validation=null",
+        "train.eval_batch_size=null",
+        "train.distill.temperature=3",
+        "augment.generate.length.max_words=64",
+        "predict.prior=[0.25,0.25,0.25,0.25]",
+        "name=override-test",
+    ])
+    assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.batch_size == 16 and isinstance(cfg.train.batch_size, int)
+    assert cfg.train.learning_rate == pytest.approx(2e-5) and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.warmup_ratio == 0.06
+    assert cfg.lora.r == 8 and cfg.lora.lora_alpha == 16.0
+    assert cfg.lora.target_modules == ["query", "value", "dense"]
+    assert cfg.lora.layers_to_transform == [10, 11]
+    assert cfg.lora.use_dora is True
+    assert cfg.data.max_train_samples == 120
+    assert cfg.data.validation is None and cfg.train.eval_batch_size is None
+    assert cfg.train.distill.temperature == 3.0
+    assert cfg.augment.generate.length.max_words == 64
+    assert cfg.predict.prior == [0.25] * 4
+    assert cfg.name == "override-test"
+    # keys not overridden keep the file's values
+    assert cfg.train.weight_decay == 0.01 and cfg.lora.bias == "all"
+
+
+def test_override_creates_sections_missing_from_the_file(tmp_path):
+    p = tmp_path / "minimal.yaml"
+    p.write_text("name: minimal\n")
+    cfg = load_config(p, ["train.distill.alpha=0.3", "clean.truncate_words=64"])
+    assert cfg.train.distill.alpha == 0.3 and cfg.clean.truncate_words == 64
+
+
+def test_later_override_wins():
+    cfg = load_config(None, ["lora.r=8", "lora.r=2"])
+    assert cfg.lora.r == 2
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match=r"'train\.epochs' must look like key\.sub=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_override_into_a_non_section_names_the_key():
+    with pytest.raises(ConfigError, match=r"'name' is not a section"):
+        load_config(REPO / "configs" / "seed.yaml", ["name.first=x"])
+    with pytest.raises(ConfigError, match=r"config key 'name': expected a string"):
+        load_config(None, ["name.first=x"])
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("epochz=3", "epochz"),
+        ("train.epochz=3", "train.epochz"),
+        ("trian.epochs=3", "trian"),
+        ("train.distill.alphaa=0.1", "train.distill.alphaa"),
+        ("augment.generate.length.maxwords=3", "augment.generate.length.maxwords"),
+    ],
+)
+def test_unknown_key_is_named(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"unknown config key '{key}'" in str(e.value)
+
+
+def test_unknown_key_lists_valid_keys_of_its_section():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.epochz=3"])
+    msg = str(e.value)
+    assert "epochs" in msg and "batch_size" in msg and "learning_rate" in msg
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("train:\n  epochs: 3\n  batchsize: 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "'train.batchsize'" in str(e.value)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,key,expected",
+    [
+        ("train.batch_size=abc", "train.batch_size", "integer"),
+        ("train.batch_size=2.5", "train.batch_size", "integer"),
+        ("train.batch_size=true", "train.batch_size", "integer"),
+        ("train.learning_rate=fast", "train.learning_rate", "number"),
+        ("train.resume=maybe", "train.resume", "true or false"),
+        ("lora.target_modules=query", "lora.target_modules", "list"),
+        ("train=3", "train", "mapping"),
+        ("data.max_train_samples=lots", "data.max_train_samples", "int"),
+    ],
+)
+def test_wrong_type_is_named(override, key, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert f"'{key}'" in msg
+    assert expected in msg
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.val_fraction=0", "data.val_fraction"),
+        ("data.labels=[only]", "data.labels"),
+        ("data.labels=[a,b,a]", "data.labels"),
+        ("data.max_train_samples=0", "data.max_train_samples"),
+        ("clean.min_words=-1", "clean.min_words"),
+        ("clean.min_words=5", "clean.max_words"),  # with max_words below it
+        ("model.max_length=4", "model.max_length"),
+        ("lora.r=0", "lora.r"),
+        ("lora.lora_dropout=1.0", "lora.lora_dropout"),
+        ("lora.bias=some", "lora.bias"),
+        ("lora.target_modules=[]", "lora.target_modules"),
+        ("budget.max_trainable=0", "budget.max_trainable"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.warmup_ratio=1", "train.warmup_ratio"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.distill.enabled=true", "train.distill.teacher"),
+        ("train.distill.alpha=1.5", "train.distill.alpha"),
+        ("selftrain.threshold=1.0", "selftrain.threshold"),
+        ("augment.generate.top_p=0", "augment.generate.top_p"),
+        ("augment.lm.block_size=8", "augment.lm.block_size"),
+        ("predict.batch_size=0", "predict.batch_size"),
+    ],
+)
+def test_validation_ranges_name_the_key(override, key):
+    extra = ["clean.max_words=3"] if override == "clean.min_words=5" else []
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*extra, override])
+    assert f"config key '{key}'" in str(e.value)
+
+
+def test_val_fraction_message_gives_range_and_value():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.val_fraction=1.5"])
+    assert "(0, 1)" in str(e.value) and "1.5" in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(e.value) and "does not exist" in str(e.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("train:\n  epochs: [3\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*not valid YAML"):
+        load_config(p)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+
+
+# ------------------------------------------------------------------ saving
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_saved_config_round_trips(tmp_path, path):
+    cfg = load_config(path, ["train.learning_rate=3e-4", "lora.layers_to_transform=[0,1]",
+                             "data.max_val_samples=null", "predict.prior=[0.4,0.3,0.2,0.1]",
+                             "train.distill.enabled=true", "train.distill.teacher=runs/teacher"])
+    out = tmp_path / "run" / "config.yaml"
+    save_config(cfg, out)
+    assert out.is_file()
+    again = load_config(out)
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+    # the saved file is plain YAML with every section
+    raw = yaml.safe_load(out.read_text())
+    assert set(raw) == set(Config().to_dict())
+    assert raw["train"]["learning_rate"] == pytest.approx(3e-4)
+    # saving again overwrites in place and leaves no temporary files
+    save_config(again, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["config.yaml"]
