@@ -93,23 +93,27 @@ def run(cfg: Config, prepared=None) -> dict:
     # ---- self-training on the target set
     rounds = []
     st = cfg.selftrain
+    target_logits = None  # the latest target predictions, reused by the next round and the submission
     if st.enabled and data.target is not None:
         target_texts = data.target["text"]
         gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
+        predict_target_logits = lambda: predict_logits(  # noqa: E731
+            model, tokenizer, target_texts, cfg.predict.batch_size, cfg.model.max_length,
+            clean=cfg.clean, precision=cfg.train.precision, progress=True)
+        target_logits = predict_target_logits()
         for r in range(1, st.rounds + 1):
-            probs = softmax(predict_logits(model, tokenizer, target_texts, cfg.predict.batch_size,
-                                           cfg.model.max_length, precision=cfg.train.precision))
+            probs = softmax(target_logits)
             before = distribution(probs.argmax(1), k)
             pseudo, info = pseudo_labeled_set(target_texts, probs, st)
             merged = datasets.concatenate_datasets([gold, pseudo.cast(gold.features)]).shuffle(seed=cfg.train.seed + r)
             trainer = train_model(cfg, model, tokenizer, _attach_teacher(cfg, merged, run_dir), data.val,
                                   run_dir / "selftrain" / f"round-{r}", epochs=st.epochs)
             history += [{**h, "selftrain_round": r} for h in trainer.state.log_history]
-            after = distribution(predict_logits(model, tokenizer, target_texts, cfg.predict.batch_size,
-                                                cfg.model.max_length, precision=cfg.train.precision).argmax(1), k)
-            info.update(round=r, target_distribution_before=before, target_distribution_after=after)
+            target_logits = predict_target_logits()
+            info.update(round=r, target_distribution_before=before,
+                        target_distribution_after=distribution(target_logits.argmax(1), k))
             log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
-                     r, info["kept_per_class"], before, after)
+                     r, info["kept_per_class"], before, info["target_distribution_after"])
             rounds.append(info)
     save_trained(model, tokenizer, history, run_dir)
 
@@ -132,7 +136,8 @@ def run(cfg: Config, prepared=None) -> dict:
     # ---- predict the target set
     if data.target is not None:
         train_prior = np.bincount(np.asarray(train["label"]), minlength=k) / len(train)
-        probs, adjusted, prior_info = predict_target(model, tokenizer, cfg, data.target["text"], train_prior)
+        probs, adjusted, prior_info = predict_target(model, tokenizer, cfg, data.target["text"], train_prior,
+                                                     logits=target_logits)
         preds = adjusted.argmax(1)
         save_target_probs(run_dir / "target_probs.npz", probs, data.target["text"])
         write_submission(run_dir / "submission.csv", preds, expected_rows=len(data.target))

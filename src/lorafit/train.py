@@ -162,7 +162,7 @@ def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Opti
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=float(epochs if epochs is not None else t.epochs),
-        max_steps=t.max_steps,
+        max_steps=t.max_steps if epochs is None else -1,  # self-training rounds count epochs
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size or 4 * t.batch_size,
         learning_rate=t.learning_rate,
