@@ -50,6 +50,13 @@ def _guarded(fn):
         _fail(str(e))
     except ValueError as e:  # validation errors raised by stages carry actionable messages
         _fail(str(e))
+    except Exception as e:  # a full disk inside Trainer/safetensors/torch writers has no errno
+        from lorafit.io_utils import as_disk_full
+
+        full = as_disk_full(e)
+        if full is None:
+            raise
+        _fail(str(full))
 
 
 def _load(config: Path, overrides: List[str], name: Optional[str] = None, output_dir: Optional[str] = None,

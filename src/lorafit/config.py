@@ -7,6 +7,7 @@ with messages that name the key. Unknown keys and wrong types are errors, never 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -413,14 +414,19 @@ def _coerce(value, tp, key: str):
             return int(value)
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads '2e-5' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads '2e-5' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

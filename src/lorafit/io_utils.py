@@ -1,8 +1,11 @@
 """Atomic file writing: a file appears complete or not at all.
 
 Everything is written to a temporary file in the destination folder, flushed and fsynced, then
-renamed over the destination (``os.replace`` is atomic on POSIX). A full disk becomes a
-:class:`DiskFullError` naming the file instead of a traceback.
+renamed over the destination (``os.replace`` is atomic on POSIX). Temporary names start with '.'
+(``.<name>.<random>.tmp/``), so a process killed mid-write leaves nothing that a later stage reads
+as output. A full disk (or quota) becomes a :class:`DiskFullError` naming the file instead of a
+traceback; :func:`as_disk_full` recognises one raised by other libraries' writers (Trainer
+checkpoints, safetensors, torch.save).
 """
 
 from __future__ import annotations
@@ -14,23 +17,95 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# how other writers report a full disk without an errno (safetensors, Rust I/O, C++ iostreams)
+_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28", "errno 28")
+# torch.save's C++ writer on a full disk: "PytorchStreamWriter failed writing file ..." or
+# "unexpected pos 576 vs 534" (context: "basic_ios::clear: iostream error"); no errno at all
+_TORCH_WRITE_FAILED = ("pytorchstreamwriter failed", "unexpected pos", "iostream error", "file write failed")
 
 
 class DiskFullError(OSError):
-    """No space left while writing ``path``; nothing partial was left behind."""
+    """No space left while writing ``path``; nothing partial was left behind. ``str()`` is the
+    one-paragraph message (no ``[Errno 28]`` prefix)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
-def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+def _disk_full(path: Path | str | None, exc: Optional[BaseException] = None) -> DiskFullError:
     free = "unknown"
+    where = Path(path) if path is not None else Path.cwd()
     with contextlib.suppress(OSError):
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB"
+        free = f"{shutil.disk_usage(_existing(where)).free / 2**20:.1f} MiB"
+    what = f" while writing '{path}' (free: {free})" if path is not None else \
+        f" (free in the working directory: {free})"
+    quota = isinstance(exc, OSError) and exc.errno == errno.EDQUOT
     return DiskFullError(
         errno.ENOSPC,
-        f"no space left on the device while writing '{path}' (free: {free}). "
+        f"{'disk quota exceeded' if quota else 'no space left on the device'}{what}. "
         "Free some disk space (old runs/ folders, checkpoints) or set output_dir to another disk, then rerun; "
         "the run resumes from its last complete checkpoint.",
     )
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _is_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _FULL_ERRNOS
+
+
+def as_disk_full(exc: BaseException, path: Optional[os.PathLike | str] = None,
+                 min_free: int = 16 * 2**20) -> Optional[DiskFullError]:
+    """A :class:`DiskFullError` if ``exc`` (or an exception it was raised from) means the disk is full,
+    else None. Recognises ENOSPC/EDQUOT errnos, the messages of writers that drop the errno
+    (safetensors), and torch.save's errno-less C++ write failures when the disk holding ``path``
+    (default: the working directory) has less than ``min_free`` bytes left. Used by the CLI to print
+    one paragraph instead of a traceback, whatever library was writing."""
+    seen = set()
+    e: Optional[BaseException] = exc
+    torch_write_failed = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DiskFullError):
+            return e
+        if _is_full(e):
+            return _disk_full(getattr(e, "filename", None) or path, e)
+        msg = str(e).lower()
+        if any(m in msg for m in _FULL_MESSAGES):
+            return _disk_full(path, e)
+        torch_write_failed |= isinstance(e, RuntimeError) and any(m in msg for m in _TORCH_WRITE_FAILED)
+        e = e.__cause__ or e.__context__
+    if torch_write_failed:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(_existing(Path(path) if path is not None else Path.cwd())).free < min_free:
+                return _disk_full(path, exc)
+    return None
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    # make the rename itself durable (a power cut after os.replace could otherwise lose it)
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -40,24 +115,32 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     Works for files and for folders (e.g. ``Dataset.save_to_disk``): a folder replaces the old one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / ("x" + suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / ("x" + suffix)
+    except OSError as e:
+        if _is_full(e):
+            raise _disk_full(path, e) from None
+        raise
     try:
         yield tmp
         if tmp.is_dir():
             old = None
-            if path.exists():
+            if path.exists() or path.is_symlink():
                 old = path.with_name(f".{path.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
+                _remove(old)
                 os.replace(path, old)
             os.replace(tmp, path)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         else:
             os.replace(tmp, path)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
+        _fsync_dir(path.parent)
+    except DiskFullError:
+        raise
+    except Exception as e:  # the body may be another library's writer (safetensors, torch.save, pyarrow)
+        full = as_disk_full(e, path.parent)
+        if full is not None:
             raise _disk_full(path, e) from None
         raise
     finally:
@@ -73,7 +156,7 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if _is_full(e):
                 raise _disk_full(path, e) from None
             raise
 
@@ -103,9 +186,4 @@ def _json_default(o):
 def save_dataset(ds, path: os.PathLike | str) -> None:
     """``Dataset.save_to_disk`` into a temporary folder, renamed into place when complete."""
     with atomic_path(path) as tmp:
-        try:
-            ds.save_to_disk(str(tmp))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise _disk_full(Path(path), e) from None
-            raise
+        ds.save_to_disk(str(tmp))  # a full disk (pyarrow's OSError) becomes DiskFullError in atomic_path

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
 from lorafit.config import Config
 
@@ -111,6 +111,7 @@ def build_model(cfg: Config, weights: bool = True):
     With ``weights=False`` the model is built on the meta device from its config alone (no
     download, no memory), which is what the budget check uses.
     """
+    set_seed(cfg.train.seed)  # the new head and the LoRA matrices are initialised from the run's seed
     labels = list(map(str, cfg.data.labels))
     mcfg = load_model_config(cfg.model.name, len(labels), labels)
     if cfg.model.attn_implementation:

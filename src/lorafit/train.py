@@ -8,6 +8,7 @@ with teacher logits computed once and cached next to the data (see :func:`teache
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import shutil
@@ -25,7 +26,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from lorafit.config import Config
 from lorafit.io_utils import atomic_path, atomic_write_json
@@ -225,11 +225,28 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
         label_smoothing=cfg.train.label_smoothing,
     )
     resume = cfg.train.resume if resume is None else resume
-    last = get_last_checkpoint(str(out_dir)) if resume and out_dir.is_dir() else None
+    last = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     return trainer
+
+
+def last_complete_checkpoint(folder: Path) -> Optional[str]:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) parses;
+    incomplete ones, left by a kill during a save, are removed."""
+    done = []
+    for p in Path(folder).glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if not (p.is_dir() and step.isdigit()):
+            continue
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            done.append((int(step), p))
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s", p)
+            shutil.rmtree(p, ignore_errors=True)
+    return str(max(done)[1]) if done else None
 
 
 def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:

@@ -28,6 +28,7 @@ from lorafit.augment.select import select_samples
 from lorafit.augment.synonyms import WordNetError, synonym_augment
 from lorafit.config import Config, ConfigError
 from lorafit.data.io import load_labeled
+from lorafit.data.prepare import clean_dataset
 from lorafit.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,8 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
             pooled, report["selection"] = select_samples(
                 pooled, min_words=a.select.min_words, near_duplicate=a.select.near_duplicate,
                 reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence)
-        else:
-            pooled = pooled.filter(lambda t: bool(t.strip()), input_columns="text")  # generation can be empty
+        else:  # cleaned like every training text (the selection stage cleans on its own)
+            pooled = clean_dataset(pooled, cfg).filter(lambda t: bool(t.strip()), input_columns="text")
         sources = pooled["source"][:]
         if a.generate.enabled:
             rows["synthetic"] = sources.count("synthetic")

@@ -14,7 +14,9 @@ Every problem raises :class:`DataError` with the file, row or column at fault an
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 import pickle
 import re
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import datasets
+import numpy as np
 import pandas as pd
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json", ".parquet": "parquet",
@@ -59,28 +62,133 @@ def _first_bad_utf8_line(raw: bytes) -> tuple[int, str]:
     return -1, ""
 
 
-def _read_text_table(path: Path, kind: str) -> pd.DataFrame:
-    raw = path.read_bytes()
+def _decode(path: Path, raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a byte-order mark (Excel "Unicode text")
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: starts with a UTF-16 byte-order mark but is not valid UTF-16 ({e}). "
+                            "Re-save the file as UTF-8.") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         line, ctx = _first_bad_utf8_line(raw)
         raise DataError(
             f"{path}: line {line} is not valid UTF-8 (near {ctx}). Re-save the file as UTF-8 "
             "(e.g. `iconv -f latin1 -t utf-8`) or fix that line."
         ) from None
+
+
+def _table(columns: list[str], rows: list[list], lines: list[int]) -> pd.DataFrame:
+    """A DataFrame of Python objects (no type guessing); ``attrs['lines']`` holds each row's line in
+    the file, so errors found later can name it."""
+    df = pd.DataFrame({c: pd.Series([r[j] for r in rows], dtype=object) for j, c in enumerate(columns)},
+                      columns=columns)
+    df.attrs["lines"] = lines
+    return df
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    # duplicate header names get '.1', '.2' suffixes, as pandas does
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}.{k}")
+    return out
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> pd.DataFrame:
+    """CSV/TSV with a header row. Quoted fields may hold delimiters, quotes and newlines; blank lines
+    are skipped; a row with more fields than the header is an error naming its line (its values
+    would otherwise shift into the wrong columns); missing trailing fields are empty."""
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))  # default 128 KiB per field
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header: Optional[list[str]] = None
+    header_line = 0
+    rows: list[list] = []
+    lines: list[int] = []
+    next_line = 1  # first physical line of the next record
+    try:
+        for rec in reader:
+            first, next_line = next_line, reader.line_num + 1
+            if not rec or (len(rec) == 1 and rec[0] and not rec[0].strip()):
+                continue  # a blank (or whitespace-only) line
+            if header is None:
+                header, header_line = _unique_names([h.strip() for h in rec]), first
+                continue
+            if len(rec) > len(header):
+                raise DataError(
+                    f"{path}: line {first} has {len(rec)} fields but the header (line {header_line}) has "
+                    f"{len(header)} ({', '.join(header)}). Quote texts that contain "
+                    f"{'tabs' if delimiter == chr(9) else 'commas'} (\"like, this\") or fix the row."
+                )
+            rows.append(rec + [""] * (len(header) - len(rec)))
+            lines.append(first)
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num} could not be parsed as "
+                        f"{'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
+    if header is None:
+        raise DataError(f"{path}: the file is empty; it needs a header row and at least one data row.")
+    return _table(header, rows, lines)
+
+
+def _records_table(path: Path, records: list, lines: list[int]) -> pd.DataFrame:
+    columns: dict[str, None] = {}
+    for rec in records:
+        columns.update(dict.fromkeys(rec))
+    return _table(list(columns), [[rec.get(c) for c in columns] for rec in records], lines)
+
+
+def _read_json_lines(path: Path, text: str) -> pd.DataFrame:
+    records, lines = [], []
+    for i, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}: line {i} is not valid JSON ({e}). JSON Lines files hold one JSON object "
+                            "per line.") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: line {i} holds a JSON {type(rec).__name__}, not an object "
+                            '(expected e.g. {"text": "...", "label": 0}).')
+        records.append(rec)
+        lines.append(i)
+    return _records_table(path, records, lines)
+
+
+def _read_json(path: Path, text: str) -> pd.DataFrame:
+    if path.suffix.lower() == ".jsonl":
+        return _read_json_lines(path, text)
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return _read_json_lines(path, text)  # a .json file holding JSON Lines
+    if isinstance(obj, list):
+        bad = next((i for i, r in enumerate(obj) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataError(f"{path}: item {bad} of the JSON array is a {type(obj[bad]).__name__}, not an object "
+                            '(expected [{"text": "...", "label": 0}, ...]).')
+        return _records_table(path, obj, [])
+    if isinstance(obj, dict):
+        try:
+            return pd.DataFrame(obj)  # columns: {"text": [...], "label": [...]}
+        except ValueError as e:
+            raise DataError(f"{path}: a JSON object must map column names to equally long lists ({e}).") from None
+    raise DataError(f"{path}: holds a JSON {type(obj).__name__}; expected an array of objects or JSON Lines.")
+
+
+def _read_text_table(path: Path, kind: str) -> pd.DataFrame:
+    text = _decode(path, path.read_bytes())
     if not text.strip():
         raise DataError(f"{path}: the file is empty; it needs a header row and at least one data row.")
-    try:
-        if kind == "json":
-            lines = path.suffix == ".jsonl" or not text.lstrip().startswith("[")
-            return pd.read_json(io.StringIO(text), lines=lines, dtype=False)
-        return pd.read_csv(io.StringIO(text), sep="\t" if kind == "tsv" else ",", dtype=str,
-                           keep_default_na=False, na_filter=False)
-    except (ValueError, pd.errors.ParserError) as e:
-        raise DataError(f"{path}: could not parse it as {kind.upper()}: {e}") from None
+    if kind == "json":
+        return _read_json(path, text)
+    return _read_delimited(path, text, "\t" if kind == "tsv" else ",")
 
 
 def _from_pickle(path: Path, split: Optional[str], allow_pickle: bool):
@@ -169,41 +277,70 @@ def _column(table, name: str, where: str, role: str) -> list:
     return table[name].tolist() if isinstance(table, pd.DataFrame) else list(table[name])
 
 
-def _check_texts(texts: list, where: str) -> list[str]:
+def _line_numbers(table) -> Optional[list[int]]:
+    """Line in the file of each row, for text formats (see :func:`_table`); None otherwise."""
+    lines = table.attrs.get("lines") if isinstance(table, pd.DataFrame) else None
+    return lines if lines and len(lines) == len(table) else None
+
+
+def _row(i: int, lines: Optional[list[int]]) -> str:
+    return f"row {i} (line {lines[i]} of the file)" if lines else f"row {i}"
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT
+
+
+def _check_texts(texts: list, where: str, lines: Optional[list[int]] = None) -> list[str]:
     out = []
     for i, t in enumerate(texts):
-        if t is None or (isinstance(t, float) and t != t):
-            raise DataError(f"{where}: row {i} has no text (empty cell). Remove the row or fill it in.")
-        if not isinstance(t, str):
-            t = str(t)
+        if _is_missing(t):
+            raise DataError(f"{where}: {_row(i, lines)} has no text (empty cell). Remove the row or fill it in.")
+        if isinstance(t, (bytes, bytearray)):
+            try:
+                t = bytes(t).decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: {_row(i, lines)} holds bytes that are not UTF-8 text.") from None
+        elif isinstance(t, (list, tuple, dict, set)) or hasattr(t, "shape"):
+            raise DataError(f"{where}: {_row(i, lines)} has a {type(t).__name__} where a text is expected.")
+        elif not isinstance(t, str):
+            t = str(t)  # numbers are texts too ("1984")
         if not t.strip():
-            raise DataError(f"{where}: row {i} has an empty text. Remove the row or fill it in.")
+            raise DataError(f"{where}: {_row(i, lines)} has an empty text. Remove the row or fill it in.")
         out.append(t)
     return out
 
 
-def _to_label_ids(values: list, label_names: Sequence[str], where: str) -> list[int]:
-    by_name = {str(n).lower(): i for i, n in enumerate(label_names)}
+def _to_label_ids(values: list, label_names: Sequence[str], where: str,
+                  lines: Optional[list[int]] = None) -> list[int]:
+    """Label ids from ints (0..k-1), integral floats, digit strings, or class names (case-insensitive).
+    A string that is a class name is read as that name even when it is made of digits, so label sets
+    such as ["1", "2", "3", "4", "5"] (star ratings) map "1" to id 0, not to id 1."""
+    by_name = {str(n).strip().lower(): i for i, n in enumerate(label_names)}
     k = len(label_names)
     ids = []
     for i, v in enumerate(values):
         lab = None
-        if isinstance(v, bool):
+        if isinstance(v, (bool, np.bool_)):
             lab = None
-        elif isinstance(v, int) or (hasattr(v, "dtype") and str(getattr(v, "dtype", "")).startswith("int")):
+        elif isinstance(v, (int, np.integer)):
             lab = int(v)
-        elif isinstance(v, float) and v.is_integer():
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             lab = int(v)
         elif isinstance(v, str):
             s = v.strip()
-            if s.lstrip("-").isdigit():
-                lab = int(s)
-            elif s.lower() in by_name:
+            if s.lower() in by_name:
                 lab = by_name[s.lower()]
+            elif s.isascii() and s.lstrip("-").isdigit():
+                lab = int(s)
         if lab is None or not 0 <= lab < k:
+            allowed = f"0..{k - 1} or one of {list(label_names)}"
+            if _is_missing(v) or (isinstance(v, str) and not v.strip()):
+                raise DataError(f"{where}: {_row(i, lines)} has no label (empty cell). Fill it in ({allowed}) "
+                                "or remove the row.")
             raise DataError(
-                f"{where}: row {i} has label {v!r}, which is not in the label set "
-                f"(0..{k - 1} or one of {list(label_names)}). Fix the row or set data.labels."
+                f"{where}: {_row(i, lines)} has label {v!r}, which is not in the label set "
+                f"({allowed}). Fix the row or set data.labels."
             )
         ids.append(lab)
     return ids
@@ -221,8 +358,9 @@ def load_labeled(spec: str, text_column: str = "text", label_column: str = "labe
     """Load a labeled set as a ``Dataset`` with columns ``text`` (str) and ``label`` (int id)."""
     table = load_table(spec, split=split, allow_pickle=allow_pickle)
     where = _describe(spec)
-    texts = _check_texts(_column(table, text_column, where, "text"), where)
-    label_ids = _to_label_ids(_column(table, label_column, where, "label"), labels, where)
+    lines = _line_numbers(table)
+    texts = _check_texts(_column(table, text_column, where, "text"), where, lines)
+    label_ids = _to_label_ids(_column(table, label_column, where, "label"), labels, where, lines)
     if not texts:
         raise DataError(f"{where}: has no rows.")
     return datasets.Dataset.from_dict({"text": texts, "label": label_ids})
@@ -233,7 +371,7 @@ def load_unlabeled(spec: str, text_column: str = "text", split: Optional[str] = 
     """Load an unlabeled set as a ``Dataset`` with a ``text`` column; row order is the submission ID."""
     table = load_table(spec, split=split, allow_pickle=allow_pickle)
     where = _describe(spec)
-    texts = _check_texts(_column(table, text_column, where, "target text"), where)
+    texts = _check_texts(_column(table, text_column, where, "target text"), where, _line_numbers(table))
     if not texts:
         raise DataError(f"{where}: the target set has no rows.")
     return datasets.Dataset.from_dict({"text": texts})
