@@ -163,12 +163,17 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
             adjusted, info = adjust_predictions(probs, cfg.predict.prior, train_prior=train_prior)
         else:
             model, tok, _ = load_trained(run_dir)
-            _, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
+            probs, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
+            if target is None:  # the run's own target set: keep the probabilities for later priors
+                from lorafit.pipeline import save_target_probs
+
+                save_target_probs(Path(run_dir) / "target_probs.npz", probs, ds["text"])
         out = output or Path(run_dir) / "submission.csv"
         write_submission(out, adjusted.argmax(1), expected_rows=len(ds))
         dist = distribution(adjusted.argmax(1), len(cfg.data.labels))
         typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class {dict(zip(map(str, cfg.data.labels), dist))}"
-                   + (f"; prior {info['mode']}, {info['changed']} changed" if info.get("mode") not in (None, "none") else "")
+                   + (f"; prior {info['mode']} {[round(x, 3) for x in info['prior']]}, {info['changed']} changed"
+                      if info.get("mode") not in (None, "none") else "")
                    + ")")
 
     _guarded(go)
@@ -179,6 +184,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              data: str = typer.Argument(..., help="a labeled set (csv/jsonl/parquet/folder/Hub id)"),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here"),
              text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             prior: Optional[str] = typer.Option(None, help="apply a prior first: none | uniform | em | proportions"),
              allow_pickle: bool = typer.Option(False, "--allow-pickle"),
              verbose: bool = typer.Option(False, "-v", "--verbose")):
     """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
@@ -196,7 +202,14 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
                           cfg.data.labels, allow_pickle=allow_pickle)
         logits = predict_logits(model, tok, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
                                 clean=cfg.clean, precision=cfg.train.precision, progress=True)
-        m = classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
+        preds = logits.argmax(1)
+        if prior not in (None, "none"):  # check a prior adjustment on a labeled set
+            from lorafit.predict import softmax
+            from lorafit.prior import adjust_predictions
+
+            spec = [float(x) for x in prior.split(",")] if "," in prior else prior
+            preds = adjust_predictions(softmax(logits), spec)[0].argmax(1)
+        m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
         if output:
             atomic_write_json(output, m)
         typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)")
