@@ -12,7 +12,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU a spinning thread pool
+# made training steps ~10x slower (bench/README.md). Set OMP_WAIT_POLICY=ACTIVE to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 
 from lorafit.config import Config, ConfigError, load_config
 

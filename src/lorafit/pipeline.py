@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -50,6 +51,20 @@ def _teacher_probs(teacher_dir: str, texts: list[str]) -> np.ndarray:
     return softmax(predict_logits(model, tok, texts, tcfg.predict.batch_size, tcfg.model.max_length, clean=tcfg.clean))
 
 
+def _check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
+    """Several processes must not adapt an LM or generate inside one `lorafit run` (they would
+    race on the same folders): those stages run first, in their own commands."""
+    from lorafit.augment import lm_output_dir
+
+    a = cfg.augment
+    if a.lm.enabled and not (lm_output_dir(cfg, run_dir) / "model" / "config.json").is_file():
+        raise ValueError("augment.lm is enabled but the adapted LM is not on disk yet; under several processes run "
+                         "`lorafit adapt-lm CONFIG` first (one process), then this command.")
+    if a.generate.enabled and not (run_dir / "synthetic" / "samples.jsonl").is_file():
+        raise ValueError("augment.generate is enabled but the samples are not on disk yet; run "
+                         "`torchrun --nproc_per_node=N -m lorafit.cli generate CONFIG` first, then this command.")
+
+
 def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
     logits = predict_logits(model, tokenizer, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
                             precision=cfg.train.precision)
@@ -69,8 +84,13 @@ def run(cfg: Config, prepared=None) -> dict:
     trainable, _ = model.get_nb_trainable_parameters()
     assert trainable == budget.trainable, "budget count and loaded model disagree"
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    # Under torchrun/accelerate every process runs this recipe; only the first one writes files.
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _check_augmentation_ready(cfg, run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
     # ---- augment
     train = data.train
@@ -80,8 +100,9 @@ def run(cfg: Config, prepared=None) -> dict:
         from lorafit.augment import augment_training_data
 
         train, aug_report = augment_training_data(cfg, data.train, data.target, run_dir, teacher_predict=_teacher_probs)
-    save_dataset(train, run_dir / "data" / "train")
-    save_dataset(data.val, run_dir / "data" / "val")
+    if is_main:
+        save_dataset(train, run_dir / "data" / "train")
+        save_dataset(data.val, run_dir / "data" / "val")
 
     # ---- train
     train_in = _attach_teacher(cfg, train, run_dir)
@@ -115,6 +136,8 @@ def run(cfg: Config, prepared=None) -> dict:
             log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
                      r, info["kept_per_class"], before, info["target_distribution_after"])
             rounds.append(info)
+    if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
+        return {}
     save_trained(model, tokenizer, history, run_dir)
 
     # ---- evaluate

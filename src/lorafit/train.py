@@ -189,6 +189,7 @@ def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Opti
         length_column_name="length",
         gradient_checkpointing=t.gradient_checkpointing,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient: skip DDP's extra graph walk
         dataloader_num_workers=t.dataloader_workers,
         report_to=["tensorboard"],
         disable_tqdm=False,
