@@ -93,7 +93,8 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
 
         cfg = _load(config, overrides or [], name, output_dir, allow_pickle)
         metrics = run_pipeline(cfg)
-        typer.echo(summary(cfg, metrics))
+        if metrics:  # empty on the non-zero ranks of a multi-process run
+            typer.echo(summary(cfg, metrics))
 
     _guarded(go)
 
