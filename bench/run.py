@@ -235,6 +235,19 @@ def environment(settings: dict) -> dict:
     return env
 
 
+def portable(obj, replacements: dict):
+    """The results with machine paths replaced (repo-relative paths, <tmp> for scratch), so a
+    results file can be shared or committed."""
+    if isinstance(obj, dict):
+        return {k: portable(v, replacements) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, replacements) for v in obj]
+    if isinstance(obj, str):
+        for old, new in replacements.items():
+            obj = obj.replace(old, new)
+    return obj
+
+
 def atomic_write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -365,7 +378,8 @@ def main(argv=None) -> int:
                 "peak_rss_mb includes the imported libraries (baseline_rss_mb, the same for both sides)",
             ],
         }
-        atomic_write_json(Path(a.out), results)
+        atomic_write_json(Path(a.out), portable(results, {str(scratch): "<tmp>", str(REPO) + "/": "",
+                                                           str(Path(a.data_dir).resolve()): os.path.relpath(Path(a.data_dir).resolve(), REPO)}))
         print()
         print_table(summary, results)
         tb = extra.get("token_budget")
