@@ -93,11 +93,11 @@ def test_selftrain_and_distillation_end_to_end(tiny_roberta_dir, tiny_csvs, tmp_
     from lorafit.pipeline import run
 
     base = tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs", **{"train.epochs": 3})
-    teacher = run(load_config(None, base + ["name=teacher"]))
+    run(load_config(None, base + ["name=teacher"]))
     assert (tmp_path / "runs" / "teacher" / "model" / "adapter_config.json").is_file()
 
     student_cfg = load_config(None, base + [
-        "name=student", f"train.distill.enabled=true", f"train.distill.teacher={tmp_path / 'runs' / 'teacher'}",
+        "name=student", "train.distill.enabled=true", f"train.distill.teacher={tmp_path / 'runs' / 'teacher'}",
         "train.distill.alpha=0.5", "selftrain.enabled=true", "selftrain.rounds=2", "selftrain.threshold=0.0",
         "selftrain.epochs=1", "predict.prior=uniform"])
     m = run(student_cfg)

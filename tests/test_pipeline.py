@@ -44,16 +44,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def learnable_tiny_dir(tiny_roberta_dir, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
-
-    out = tmp_path_factory.mktemp("tiny-roberta-learnable")
-    cfg = RobertaConfig.from_pretrained(tiny_roberta_dir)
-    cfg.initializer_range = 0.2
-    torch.manual_seed(0)
-    RobertaForSequenceClassification(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_roberta_dir).save_pretrained(out)
-    return out
+def learnable_tiny_dir(tiny_roberta_dir) -> Path:
+    """The shared tiny RoBERTa; conftest initialises it with initializer_range=0.2 so it can learn."""
+    return tiny_roberta_dir
 
 
 @pytest.fixture(scope="module")

@@ -48,18 +48,9 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def learnable_roberta_dir(tiny_roberta_dir, tmp_path_factory) -> Path:
-    """``tiny_roberta_dir``'s architecture and tokenizer with weights that can learn (see module doc)."""
-    import torch
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
-
-    out = tmp_path_factory.mktemp("learnable-roberta")
-    cfg = RobertaConfig.from_pretrained(tiny_roberta_dir)
-    cfg.initializer_range = 0.2
-    torch.manual_seed(0)
-    RobertaForSequenceClassification(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_roberta_dir).save_pretrained(out)
-    return out
+def learnable_roberta_dir(tiny_roberta_dir) -> Path:
+    """The shared tiny RoBERTa; conftest initialises it with initializer_range=0.2 so it can learn."""
+    return tiny_roberta_dir
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import numpy as np
 from lorafit.budget import check_budget
 from lorafit.config import Config, save_config
 from lorafit.data import prepare_data
-from lorafit.data.prepare import label_counts
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
 from lorafit.predict import predict_logits, predict_target, softmax, write_submission

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Optional
