@@ -148,7 +148,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         require_trained_run(run_dir)
         cfg = load_config(Path(run_dir) / "config.yaml")
         if prior is not None:
-            cfg.predict.prior = [float(x) for x in prior.split(",")] if "," in prior else prior
+            cfg.predict.prior = prior  # parse_prior reads 'uniform', 'em' and '0.2,0.3,...'
             if cfg.predict.prior != "em":
                 parse_prior(cfg.predict.prior, len(cfg.data.labels))  # fail before any model work
         spec = target or cfg.data.target
@@ -212,8 +212,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
             from lorafit.predict import softmax
             from lorafit.prior import adjust_predictions
 
-            spec = [float(x) for x in prior.split(",")] if "," in prior else prior
-            preds = adjust_predictions(softmax(logits), spec)[0].argmax(1)
+            preds = adjust_predictions(softmax(logits), prior)[0].argmax(1)
         m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
         if output:
             atomic_write_json(output, m)

@@ -105,13 +105,13 @@ def load_tokenizer(cfg: Config):
     return tok
 
 
-def build_model(cfg: Config, weights: bool = True):
-    """Encoder with a fresh classification head, wrapped by PEFT LoRA.
+def load_base_model(cfg: Config, weights: bool = True):
+    """The encoder with a classification head for ``cfg.data.labels``, before LoRA.
 
-    With ``weights=False`` the model is built on the meta device from its config alone (no
-    download, no memory), which is what the budget check uses.
+    With ``weights=False`` it is built on the meta device from its config alone (no download, no
+    memory), which is what the budget check uses. A checkpoint with another head size gets a
+    fresh head (the head is always trained).
     """
-    set_seed(cfg.train.seed)  # the new head and the LoRA matrices are initialised from the run's seed
     labels = list(map(str, cfg.data.labels))
     mcfg = load_model_config(cfg.model.name, len(labels), labels)
     if cfg.model.attn_implementation:
@@ -121,7 +121,6 @@ def build_model(cfg: Config, weights: bool = True):
             base = AutoModelForSequenceClassification.from_config(mcfg)
     else:
         try:
-            # a checkpoint with another head size gets a fresh head (the head is always trained)
             base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg,
                                                                       ignore_mismatched_sizes=True)
         except (OSError, ValueError) as e:
@@ -131,6 +130,13 @@ def build_model(cfg: Config, weights: bool = True):
             ) from None
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
+    return base
+
+
+def build_model(cfg: Config, weights: bool = True):
+    """Encoder with a fresh classification head, wrapped by PEFT LoRA (see :func:`load_base_model`)."""
+    set_seed(cfg.train.seed)  # the new head and the LoRA matrices are initialised from the run's seed
+    base = load_base_model(cfg, weights)
     try:
         return get_peft_model(base, lora_config(cfg))
     except ValueError as e:
@@ -153,15 +159,7 @@ def load_trained(run_dir: Path | str, merge: bool = True):
     adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    labels = list(map(str, cfg.data.labels))
-    mcfg = load_model_config(cfg.model.name, len(labels), labels)
-    if cfg.model.attn_implementation:
-        mcfg._attn_implementation = cfg.model.attn_implementation
-    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg,
-                                                              ignore_mismatched_sizes=True)
-    if base.config.pad_token_id is None:
-        base.config.pad_token_id = base.config.eos_token_id or 0
-    model = PeftModel.from_pretrained(base, str(adapter))
+    model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter))
     if merge:
         model = model.merge_and_unload()
     model.eval()

@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 
 from lorafit.budget import check_budget
-from lorafit.config import Config, save_config
+from lorafit.config import CleanConfig, Config, save_config
 from lorafit.data import prepare_data
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
@@ -43,11 +43,11 @@ def _attach_teacher(cfg: Config, ds: datasets.Dataset, run_dir: Path) -> dataset
 
 
 def _teacher_probs(teacher_dir: str, texts: list[str]) -> np.ndarray:
-    """Probabilities of a trained run on ``texts`` (used to filter synthetic samples)."""
-    from lorafit.model import load_trained
+    """Probabilities of a teacher (a run or any classifier folder) on ``texts``, for selection."""
+    from lorafit.train import load_teacher
 
-    model, tok, tcfg = load_trained(teacher_dir)
-    return softmax(predict_logits(model, tok, texts, tcfg.predict.batch_size, tcfg.model.max_length, clean=tcfg.clean))
+    model, tok, max_length = load_teacher(teacher_dir)
+    return softmax(predict_logits(model, tok, texts, max_length=max_length, clean=CleanConfig()))
 
 
 def _check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
