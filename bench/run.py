@@ -42,8 +42,8 @@ TARGETS = {"train_speedup": 8.0, "predict_speedup": 20.0, "lm_adapt_speedup": 5.
 SIZES = {
     "n_train": (32, 256),
     "n_val": (128, 500),
-    "n_predict": (400, 2000),
-    "n_predict_ref": (24, 96),
+    "n_predict": (800, 2000),
+    "n_predict_ref": (32, 96),
     "n_lm": (48, 160),
     "gen_per_class": (13, 50),
     "batch_size": (16, 32),

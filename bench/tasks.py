@@ -266,24 +266,26 @@ def predict(s: dict, style: str) -> dict:
         enc = tokenizer(texts, truncation=True, padding="max_length", max_length=s["max_length"])
         real = sum(map(sum, enc["attention_mask"]))
         computed = sum(map(len, enc["input_ids"]))
-        precision, batch_size, merged = "fp32", 8, False
+        precision, batch_size, merged, workers = "fp32", 8, False, 1
     else:
-        from lorafit.predict import default_max_tokens, pad_multiple, plan_batches, predict_logits
+        from lorafit.predict import (cpu_workers, default_max_tokens, for_inference, pad_multiple, plan_batches,
+                                     predict_logits)
 
         t_m = time.perf_counter()
-        model = model.merge_and_unload()
-        model.to(device).eval()
+        model = for_inference(model.to(device), cfg.train.precision, merge=True)
         merge_s = round(time.perf_counter() - t_m, 3)
+        workers = cpu_workers(device, cfg.predict.workers)
 
         def run(batch_texts):
             return predict_logits(model, tokenizer, batch_texts, batch_size=cfg.predict.batch_size,
-                                  max_length=s["max_length"], precision=cfg.train.precision)
+                                  max_length=s["max_length"], precision=cfg.train.precision,
+                                  workers=cfg.predict.workers)
 
         lens = [len(x) for x in tokenizer(texts, truncation=True, max_length=s["max_length"])["input_ids"]]
         mult = pad_multiple(device)
         real = sum(lens)
         computed = sum(len(b) * mult * -(-lens[b[0]] // mult) for b in
-                       plan_batches(lens, cfg.predict.batch_size, default_max_tokens(device), multiple_of=mult))
+                       plan_batches(lens, cfg.predict.batch_size, default_max_tokens(device, workers), multiple_of=mult))
         precision, batch_size, merged = pick_precision(cfg.train.precision), cfg.predict.batch_size, True
     run(texts[:16])  # warm-up (one-time kernel set-up), not timed, the same for both sides
     _sync(s)
@@ -296,6 +298,7 @@ def predict(s: dict, style: str) -> dict:
            "texts_per_cpu_s": len(texts) / cpu,
            "real_tokens": real, "computed_tokens": computed, "real_tokens_per_s": real / secs,
            "warmup_texts": 16, "batch_size": batch_size, "precision": precision, "merged": merged, "merge_s": merge_s,
+           "workers": workers,
            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     res.update(_memory(s, baseline))
     return res
@@ -470,13 +473,14 @@ def token_budget(s: dict, _style: str = "") -> dict:
                     "lorafit_tokens_per_sample": lf / n, "reference_over_lorafit": ref / lf}
     target = _read_texts(Path(s["data_dir"]) / "target" / "test_unlabelled.csv", None, s["seed"], False)
     tl = [len(x) for x in tok(target, truncation=True, max_length=ml)["input_ids"]]
-    from lorafit.predict import default_max_tokens, pad_multiple, plan_batches
+    from lorafit.predict import cpu_workers, default_max_tokens, pad_multiple, plan_batches
 
     torch.set_num_threads(s["threads"])
     dev = torch.device(s["device"])
     mult = pad_multiple(dev)
+    mt = default_max_tokens(dev, cpu_workers(dev, cfg.predict.workers))
     lf = sum(len(b) * mult * -(-tl[b[0]] // mult)
-             for b in plan_batches(tl, cfg.predict.batch_size, default_max_tokens(dev), multiple_of=mult))
+             for b in plan_batches(tl, cfg.predict.batch_size, mt, multiple_of=mult))
     out["predict"] = {"rows": len(tl), "real_tokens_per_sample": sum(tl) / len(tl), "reference_tokens_per_sample": ml,
                       "lorafit_tokens_per_sample": lf / len(tl), "reference_over_lorafit": ml * len(tl) / lf}
     if {"lm_adapt", "generate"} & set(s["tasks"]):

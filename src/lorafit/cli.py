@@ -206,7 +206,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
                           cfg.data.labels, allow_pickle=allow_pickle)
         logits = predict_logits(model, tok, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
-                                clean=cfg.clean, precision=cfg.train.precision, progress=True)
+                                clean=cfg.clean, precision=cfg.train.precision, progress=True,
+                                workers=cfg.predict.workers)
         preds = logits.argmax(1)
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
             from lorafit.predict import softmax

@@ -340,9 +340,15 @@ class PredictConfig:
     batch_size: int = 128
     prior: Any = "none"
     merge_lora: bool = True
+    # CPU only: batches run in this many threads at once, one core each ("auto": torch's thread count, at
+    # most 8). Small matrices scale better across batches than across cores (see predict.predict_logits).
+    workers: Any = "auto"
 
     def __post_init__(self):
         _check(self.batch_size > 0, "predict.batch_size", "must be > 0")
+        _check(self.workers == "auto" or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
+                                          and self.workers >= 1),
+               "predict.workers", f"must be 'auto' or an integer >= 1, got {self.workers!r}")
         _check(isinstance(self.prior, (str, list)), "predict.prior", "must be none|uniform|em or a list of proportions")
 
 

@@ -152,17 +152,18 @@ def require_trained_run(run_dir: Path | str) -> Path:
     return adapter
 
 
-def load_trained(run_dir: Path | str, merge: bool = True):
-    """Load a trained run (``runs/<name>/model``): base weights + LoRA adapter, merged for speed."""
+def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
+    """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter,
+    merged (``merge``, default the run's ``predict.merge_lora``) and prepared by
+    :func:`lorafit.predict.for_inference` for the run's ``train.precision``."""
     from lorafit.config import load_config
+    from lorafit.predict import for_inference
 
     adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter))
-    if merge:
-        model = model.merge_and_unload()
-    model.eval()
+    model = for_inference(model, cfg.train.precision, merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
     return model, tok, cfg
 

@@ -24,7 +24,7 @@ from lorafit.config import CleanConfig, Config, save_config
 from lorafit.data import prepare_data
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
-from lorafit.predict import predict_logits, predict_target, softmax, write_submission
+from lorafit.predict import for_inference, predict_logits, predict_target, softmax, write_submission
 from lorafit.report import classification_metrics, distribution, plot_confusion, plot_curves
 from lorafit.selftrain import pseudo_labeled_set, with_training_columns
 from lorafit.train import save_trained, teacher_logits, train_model
@@ -66,7 +66,7 @@ def _check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
 
 def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
     logits = predict_logits(model, tokenizer, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
-                            precision=cfg.train.precision)
+                            precision=cfg.train.precision, workers=cfg.predict.workers)
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
 
@@ -119,7 +119,7 @@ def run(cfg: Config, prepared=None) -> dict:
         gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
         predict_target_logits = lambda: predict_logits(  # noqa: E731
             model, tokenizer, target_texts, cfg.predict.batch_size, cfg.model.max_length,
-            clean=cfg.clean, precision=cfg.train.precision, progress=True)
+            clean=cfg.clean, precision=cfg.train.precision, progress=True, workers=cfg.predict.workers)
         target_logits = predict_target_logits()
         for r in range(1, st.rounds + 1):
             probs = softmax(target_logits)
@@ -138,6 +138,7 @@ def run(cfg: Config, prepared=None) -> dict:
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
         return {}
     save_trained(model, tokenizer, history, run_dir)
+    model = for_inference(model, cfg.train.precision, merge=cfg.predict.merge_lora)  # training is over
 
     # ---- evaluate
     val_metrics = evaluate(model, tokenizer, cfg, data.val)
