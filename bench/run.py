@@ -54,6 +54,13 @@ SIZE_HELP = {
     "n_predict_ref": " (the first of those texts the reference predicts: it pads every text to max_length, so its "
                      "time per text does not depend on the text)",
 }
+# --ablate: lorafit with one of its fast paths switched off (a config override), per task
+ABLATIONS = {
+    "train": ["train.group_by_length=false", "train.gradient_checkpointing=true", "train.precision=fp32",
+              "train.optim=adamw_torch", "model.attn_implementation=eager"],
+    "predict": ["predict.workers=1", "predict.merge_lora=false", "train.precision=fp32",
+                "model.attn_implementation=eager"],
+}
 # the headline number of each task: (result key, unit)
 HEADLINE = {"train": ("samples_per_s", "samples/s"), "predict": ("texts_per_s", "texts/s"),
             "lm_adapt": ("real_tokens_per_s", "real tokens/s"), "generate": ("samples_per_s", "samples/s")}
@@ -91,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--omp-wait-policy", default="passive", choices=("passive", "active", "unset"),
                    help="OMP_WAIT_POLICY of the children: passive keeps idle OpenMP threads from spinning, which "
                         "matters a lot when other work shares the CPU (both sides get the same)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also run lorafit with each of its fast paths off, one at a time (train, predict): "
+                        + "; ".join(f"{t}: {', '.join(v)}" for t, v in ABLATIONS.items()))
     p.add_argument("--repeats", type=int, default=1, help="measure each side this many times (median reported)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child process")
@@ -188,6 +198,33 @@ def summarize(runs: dict, settings: dict) -> dict:
             t["val_accuracy"] = {"reference": [r.get("val_accuracy") for r in ref if r.get("ok")],
                                  "lorafit": [r.get("val_accuracy") for r in lf if r.get("ok")]}
     return out
+
+
+def summarize_ablation(runs: dict, ablation_runs: dict) -> dict:
+    """Per task and override: the headline throughput with that fast path off, and how much faster
+    lorafit's defaults are (``default_over_variant`` > 1: the fast path pays)."""
+    out: dict = {}
+    for task, variants in ablation_runs.items():
+        key, unit = HEADLINE[task]
+        default = _median(runs.get(task, {}).get("lorafit", []), key)
+        t = out.setdefault(task, {"unit": unit, "lorafit_default": default, "variants": {}})
+        for override, rs in variants.items():
+            v = _median(rs, key)
+            t["variants"][override] = {key: v, "default_over_variant": _ratio(default, v),
+                                       "peak_rss_mb": _max(rs, "peak_rss_mb")}
+            if task == "train":
+                t["variants"][override]["val_accuracy"] = [r.get("val_accuracy") for r in rs if r.get("ok")]
+    return out
+
+
+def print_ablation(ablation: dict) -> None:
+    print("\nlorafit with one fast path off (default / variant > 1: the fast path pays):")
+    for task, t in ablation.items():
+        print(f"  {task:<8} defaults {_fmt(t['lorafit_default'])} {t['unit']}")
+        for override, v in t["variants"].items():
+            key = HEADLINE[task][0]
+            r = v["default_over_variant"]
+            print(f"  {'':<8} {override:<36} {_fmt(v[key]):>9} {t['unit']}  " + ("-" if r is None else f"{r:.2f}x"))
 
 
 def _max(rs, key):
@@ -357,6 +394,26 @@ def main(argv=None) -> int:
                     else:
                         print(f"FAILED: {res.get('error')}", flush=True)
                         print(res.get("traceback", "") + res.get("log_tail", ""), file=sys.stderr)
+        ablation_runs: dict = {}
+        if a.ablate:
+            for rep in range(a.repeats):
+                for task in (t for t in a.tasks if t in ABLATIONS):
+                    for override in ABLATIONS[task]:
+                        style = "lorafit+" + override
+                        s = dict(settings, tmp=str(scratch / f"{task}-ablate-{len(ablation_runs.get(task, {}))}-{rep}"))
+                        Path(s["tmp"]).mkdir(parents=True, exist_ok=True)
+                        print(f"[{time.perf_counter() - t_start:6.1f}s] {task:<8} lorafit with {override} "
+                              f"(repeat {rep + 1}/{a.repeats}) ...", end=" ", flush=True)
+                        res = run_child(ctx, task, style, s, a.timeout)
+                        ablation_runs.setdefault(task, {}).setdefault(override, []).append(res)
+                        key, unit = HEADLINE[task]
+                        if res.get("ok"):
+                            print(f"{res[key]:,.1f} {unit} in {res['child_wall_s']:.1f}s", flush=True)
+                        else:
+                            print(f"FAILED: {res.get('error')}", flush=True)
+                            print(res.get("traceback", "") + res.get("log_tail", ""), file=sys.stderr)
+            extra["ablation"] = summarize_ablation(runs, ablation_runs)
+            extra["ablation_runs"] = ablation_runs
         summary = summarize(runs, settings)
         if "predict" in runs:
             summary.setdefault("predict", {})["agreement"] = predict_agreement(scratch)
@@ -395,7 +452,11 @@ def main(argv=None) -> int:
             print(f"\nprediction agreement (reference vs lorafit, {ag['texts']} texts): "
                   f"{100 * ag['argmax_agreement']:.1f}% same labels, "
                   f"max |logit diff| {ag['max_abs_logit_diff']:.3f}")
+        if extra.get("ablation"):
+            print_ablation(extra["ablation"])
         failed = [f"{t}/{s}" for t, d in runs.items() for s, rs in d.items() for r in rs if not r.get("ok")]
+        failed += [f"{t}/lorafit+{o}" for t, d in ablation_runs.items() for o, rs in d.items() for r in rs
+                   if not r.get("ok")]
         print(f"\nwall time {wall:.0f} s; results in {a.out}" + (f"; FAILED: {failed}" if failed else ""))
         return 1 if failed else 0
     finally:

@@ -85,9 +85,11 @@ def _classifier_cfg(s: dict, style: str):
 
     ov = [f"model.name={s['model']}", f"model.max_length={s['max_length']}", f"train.batch_size={s['batch_size']}",
           f"train.epochs={s['train_epochs']}", f"train.seed={s['seed']}", "train.logging_steps=1000",
-          f"output_dir={s['tmp']}", f"name={style}-classifier"]
+          f"output_dir={s['tmp']}", f"name={style.split('+')[0]}-classifier"]
     if style == "ref":
         ov.append("model.attn_implementation=null")  # the library default, as the notebook had
+    elif "+" in style:  # --ablate: lorafit with one override ("lorafit+train.precision=fp32")
+        ov.append(style.split("+", 1)[1])
     return load_config(s["config"], ov)
 
 
@@ -214,7 +216,8 @@ def train(s: dict, style: str) -> dict:
     res.update(total_s=round(total, 3), tokenize_s=None if tokenize_s is None else round(tokenize_s, 3),
                precision=precision, optim=str(optim),
                attn_implementation=getattr(model.config, "_attn_implementation", None),
-               gradient_checkpointing=style == "ref", group_by_length=style == "lorafit" and cfg.train.group_by_length)
+               gradient_checkpointing=style == "ref" or cfg.train.gradient_checkpointing,
+               group_by_length=style != "ref" and cfg.train.group_by_length)
     res.update(_memory(s, baseline))  # peak of the training phase (evaluation below is not larger)
     t_eval = time.perf_counter()
     res["val_accuracy"] = _val_accuracy(s, model, tokenizer)
@@ -272,7 +275,7 @@ def predict(s: dict, style: str) -> dict:
                                      predict_logits)
 
         t_m = time.perf_counter()
-        model = for_inference(model.to(device), cfg.train.precision, merge=True)
+        model = for_inference(model.to(device), cfg.train.precision, merge=cfg.predict.merge_lora)
         merge_s = round(time.perf_counter() - t_m, 3)
         workers = cpu_workers(device, cfg.predict.workers)
 
@@ -286,7 +289,7 @@ def predict(s: dict, style: str) -> dict:
         real = sum(lens)
         computed = sum(len(b) * mult * -(-lens[b[0]] // mult) for b in
                        plan_batches(lens, cfg.predict.batch_size, default_max_tokens(device, workers), multiple_of=mult))
-        precision, batch_size, merged = pick_precision(cfg.train.precision), cfg.predict.batch_size, True
+        precision, batch_size, merged = pick_precision(cfg.train.precision), cfg.predict.batch_size, cfg.predict.merge_lora
     run(texts[:16])  # warm-up (one-time kernel set-up), not timed, the same for both sides
     _sync(s)
     t0, c0 = time.perf_counter(), time.process_time()
