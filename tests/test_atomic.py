@@ -1,9 +1,10 @@
 """Atomic outputs and a full disk.
 
-Every file a stage writes goes through ``lorafit.io_utils`` (temporary ``.<name>.<random>.tmp``
-folder next to the destination, fsync, rename), so it appears complete or not at all; a write that
-fails or is killed midway leaves the previous version (or nothing) and no stray file a later stage
-could read. A full disk is a ``DiskFullError`` whose message is one paragraph naming the file, and
+Every file a stage writes goes through ``lorafit.io_utils`` (temporary
+``.<name>.<host>.<pid>-<random>.tmp`` folder next to the destination, fsync, rename), so it appears
+complete or not at all; a write that fails or is killed midway leaves the previous version (or
+nothing) and no stray file a later stage could read, and the next write removes the dead writer's
+temporary folder. A full disk is a ``DiskFullError`` whose message is one paragraph naming the file, and
 the CLI prints it without a traceback.
 """
 
@@ -164,9 +165,30 @@ def test_write_killed_by_sigkill_leaves_only_hidden_temp(tmp_path):
     assert _visible(shards) == [] and list(shards.glob("*.jsonl")) == []
     left = os.listdir(shards)
     assert left and all(n.startswith(".shard-00000.jsonl.") and n.endswith(".tmp") for n in left)
-    # the rerun writes the file; the dead process's temp folder does not disturb it
+    # the rerun writes the file and removes the dead process's temporary folder
     atomic_write_text(shards / "shard-00000.jsonl", "done\n")
     assert (shards / "shard-00000.jsonl").read_text() == "done\n"
+    assert os.listdir(shards) == ["shard-00000.jsonl"]
+
+
+def test_only_dead_writers_temporaries_on_this_host_are_removed(tmp_path):
+    from lorafit.io_utils import _host_tag, remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = _host_tag()
+    names = {
+        "dead": f".out.json.{host}.{dead.pid}-abc.tmp",
+        "alive": f".out.json.{host}.{os.getpid()}-def.tmp",      # a write in progress
+        "other_host": f".out.json.00000000.{dead.pid}-ghi.tmp",  # a shared filesystem: not ours to judge
+        "other_file": f".other.json.{host}.{dead.pid}-jkl.tmp",
+    }
+    for n in names.values():
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "x").write_text("partial")
+    removed = remove_stale_temporaries(tmp_path / "out.json")
+    assert [p.name for p in removed] == [names["dead"]]
+    assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != "dead")
 
 
 # ------------------------------------------------------------------ full disk

@@ -2,8 +2,9 @@
 
 Everything is written to a temporary file in the destination folder, flushed and fsynced, then
 renamed over the destination (``os.replace`` is atomic on POSIX). Temporary names start with '.'
-(``.<name>.<random>.tmp/``), so a process killed mid-write leaves nothing that a later stage reads
-as output. A full disk (or quota) becomes a :class:`DiskFullError` naming the file instead of a
+(``.<name>.<host>.<pid>-<random>.tmp/``), so a process killed mid-write leaves nothing that a later
+stage reads as output, and the next write of the same file removes what a dead writer on this
+host left. A full disk (or quota) becomes a :class:`DiskFullError` naming the file instead of a
 traceback; :func:`as_disk_full` recognises one raised by other libraries' writers (Trainer
 checkpoints, safetensors, torch.save).
 """
@@ -108,6 +109,41 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can judge: leave its files alone
+    return True
+
+
+def remove_stale_temporaries(path: os.PathLike | str) -> list[Path]:
+    """Remove the temporary folders that writers of ``path`` on this host left when they were
+    killed (their process no longer exists); returns what was removed. Temporaries of live
+    processes and of other hosts (a shared filesystem) are left alone."""
+    path = Path(path)
+    prefix = f".{path.name}.{_host_tag()}."
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
+                continue
+            pid = p.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                _remove(p)
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
@@ -117,7 +153,9 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / ("x" + suffix)
+        remove_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_host_tag()}.{os.getpid()}-", suffix=".tmp",
+                                    dir=path.parent)) / ("x" + suffix)
     except OSError as e:
         if _is_full(e):
             raise _disk_full(path, e) from None
