@@ -151,6 +151,11 @@ def resolve_optim(requested: str, device: str) -> str:
         return "adamw_torch"
 
 
+# transformers renamed gradient_checkpointing to activation_checkpointing (the old name warns, and goes in v6)
+_CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                      else "gradient_checkpointing")
+
+
 def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Optional[float] = None,
                        eval_enabled: bool = True) -> TrainingArguments:
     t = cfg.train
@@ -186,7 +191,7 @@ def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Opti
         greater_is_better=True,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         length_column_name="length",
-        gradient_checkpointing=t.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: t.gradient_checkpointing},
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient: skip DDP's extra graph walk
         dataloader_num_workers=t.dataloader_workers,
