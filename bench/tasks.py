@@ -162,7 +162,7 @@ def _val_accuracy(s: dict, model, tokenizer) -> float:
 
 
 def train(s: dict, style: str) -> dict:
-    torch = _setup(s)
+    _setup(s)
     import datasets
     from transformers import set_seed
 
@@ -271,13 +271,11 @@ def predict(s: dict, style: str) -> dict:
         computed = sum(map(len, enc["input_ids"]))
         precision, batch_size, merged, workers = "fp32", 8, False, 1
     else:
-        from lorafit.predict import (cpu_workers, default_max_tokens, for_inference, pad_multiple, plan_batches,
-                                     predict_logits)
+        from lorafit.predict import for_inference, padded_tokens, plan_prediction, predict_logits
 
         t_m = time.perf_counter()
         model = for_inference(model.to(device), cfg.train.precision, merge=cfg.predict.merge_lora)
         merge_s = round(time.perf_counter() - t_m, 3)
-        workers = cpu_workers(device, cfg.predict.workers)
 
         def run(batch_texts):
             return predict_logits(model, tokenizer, batch_texts, batch_size=cfg.predict.batch_size,
@@ -285,10 +283,8 @@ def predict(s: dict, style: str) -> dict:
                                   workers=cfg.predict.workers)
 
         lens = [len(x) for x in tokenizer(texts, truncation=True, max_length=s["max_length"])["input_ids"]]
-        mult = pad_multiple(device)
-        real = sum(lens)
-        computed = sum(len(b) * mult * -(-lens[b[0]] // mult) for b in
-                       plan_batches(lens, cfg.predict.batch_size, default_max_tokens(device, workers), multiple_of=mult))
+        batches, mult, workers = plan_prediction(lens, device, cfg.predict.batch_size, workers=cfg.predict.workers)
+        real, computed = sum(lens), padded_tokens(lens, batches, mult)
         precision, batch_size, merged = pick_precision(cfg.train.precision), cfg.predict.batch_size, cfg.predict.merge_lora
     run(texts[:16])  # warm-up (one-time kernel set-up), not timed, the same for both sides
     _sync(s)
@@ -333,7 +329,7 @@ def make_tiny_lm(s: dict, _style: str = "") -> dict:
 
 
 def lm_adapt(s: dict, style: str) -> dict:
-    torch = _setup(s)
+    _setup(s)
     baseline = _rss_now_mb()
     texts = _read_texts(Path(s["data_dir"]) / "target" / "test_unlabelled.csv", s["n_lm"], s["seed"], False)
     texts = [t for t in texts if t.strip()]
@@ -476,14 +472,12 @@ def token_budget(s: dict, _style: str = "") -> dict:
                     "lorafit_tokens_per_sample": lf / n, "reference_over_lorafit": ref / lf}
     target = _read_texts(Path(s["data_dir"]) / "target" / "test_unlabelled.csv", None, s["seed"], False)
     tl = [len(x) for x in tok(target, truncation=True, max_length=ml)["input_ids"]]
-    from lorafit.predict import cpu_workers, default_max_tokens, pad_multiple, plan_batches
+    from lorafit.predict import padded_tokens, plan_prediction
 
     torch.set_num_threads(s["threads"])
-    dev = torch.device(s["device"])
-    mult = pad_multiple(dev)
-    mt = default_max_tokens(dev, cpu_workers(dev, cfg.predict.workers))
-    lf = sum(len(b) * mult * -(-tl[b[0]] // mult)
-             for b in plan_batches(tl, cfg.predict.batch_size, mt, multiple_of=mult))
+    batches, mult, _ = plan_prediction(tl, torch.device(s["device"]), cfg.predict.batch_size,
+                                       workers=cfg.predict.workers)
+    lf = padded_tokens(tl, batches, mult)
     out["predict"] = {"rows": len(tl), "real_tokens_per_sample": sum(tl) / len(tl), "reference_tokens_per_sample": ml,
                       "lorafit_tokens_per_sample": lf / len(tl), "reference_over_lorafit": ml * len(tl) / lf}
     if {"lm_adapt", "generate"} & set(s["tasks"]):

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pandas as pd
 import pytest

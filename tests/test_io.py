@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 from collections import Counter
-from pathlib import Path
 
 import datasets
 import numpy as np

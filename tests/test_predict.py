@@ -8,7 +8,8 @@ import torch
 
 from lorafit.config import ConfigError, load_config
 from lorafit.model import build_model, load_tokenizer
-from lorafit.predict import cpu_workers, default_max_tokens, for_inference, plan_batches, predict_logits
+from lorafit.predict import (cpu_workers, default_max_tokens, for_inference, padded_tokens, plan_batches,
+                             plan_prediction, predict_logits)
 
 from conftest import tiny_labeled_rows
 
@@ -52,6 +53,18 @@ def test_plan_batches_covers_every_text_once_within_the_token_budget():
         assert lengths[b[0]] == lengths[b].max()  # longest first within the batch
     firsts = [int(lengths[b[0]]) for b in batches]
     assert firsts == sorted(firsts, reverse=True)
+    assert padded_tokens(lengths, batches, 8) == sum(len(b) * -(-int(lengths[b].max()) // 8) * 8 for b in batches)
+    assert padded_tokens([3, 5, 9], [np.array([2, 1]), np.array([0])], 4) == 2 * 12 + 4
+
+
+def test_plan_prediction_is_what_predict_logits_runs(two_threads):
+    lengths = list(range(1, 200))
+    batches, multiple, workers = plan_prediction(lengths, torch.device("cpu"), 64)
+    assert multiple == 1 and workers == 2  # two threads: two workers with 1,024-token batches
+    expected = plan_batches(lengths, 64, 1024, multiple_of=1)
+    assert len(batches) == len(expected) and all(np.array_equal(a, b) for a, b in zip(batches, expected))
+    _, _, one = plan_prediction([5], torch.device("cpu"), 64)
+    assert one == 1  # never more workers than batches
 
 
 def test_token_budget_per_batch_depends_on_the_workers(two_threads):

@@ -199,15 +199,13 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         from lorafit.data.io import load_labeled
         from lorafit.io_utils import atomic_write_json
         from lorafit.model import load_trained
-        from lorafit.predict import predict_logits
+        from lorafit.predict import predict_with_config
         from lorafit.report import classification_metrics
 
         model, tok, cfg = load_trained(run_dir)
         ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
                           cfg.data.labels, allow_pickle=allow_pickle)
-        logits = predict_logits(model, tok, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
-                                clean=cfg.clean, precision=cfg.train.precision, progress=True,
-                                workers=cfg.predict.workers)
+        logits = predict_with_config(model, tok, cfg, ds["text"], progress=True)
         preds = logits.argmax(1)
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
             from lorafit.predict import softmax

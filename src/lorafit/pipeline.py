@@ -24,7 +24,8 @@ from lorafit.config import CleanConfig, Config, save_config
 from lorafit.data import prepare_data
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
-from lorafit.predict import for_inference, predict_logits, predict_target, softmax, write_submission
+from lorafit.predict import (for_inference, predict_logits, predict_target, predict_with_config, softmax,
+                             write_submission)
 from lorafit.report import classification_metrics, distribution, plot_confusion, plot_curves
 from lorafit.selftrain import pseudo_labeled_set, with_training_columns
 from lorafit.train import save_trained, teacher_logits, train_model
@@ -65,8 +66,7 @@ def _check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
 
 
 def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
-    logits = predict_logits(model, tokenizer, ds["text"], cfg.predict.batch_size, cfg.model.max_length,
-                            precision=cfg.train.precision, workers=cfg.predict.workers)
+    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False)  # prepared sets are clean
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
 
@@ -117,9 +117,8 @@ def run(cfg: Config, prepared=None) -> dict:
     if st.enabled and data.target is not None:
         target_texts = data.target["text"]
         gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
-        predict_target_logits = lambda: predict_logits(  # noqa: E731
-            model, tokenizer, target_texts, cfg.predict.batch_size, cfg.model.max_length,
-            clean=cfg.clean, precision=cfg.train.precision, progress=True, workers=cfg.predict.workers)
+        predict_target_logits = lambda: predict_with_config(model, tokenizer, cfg, target_texts,  # noqa: E731
+                                                            progress=True)
         target_logits = predict_target_logits()
         for r in range(1, st.rounds + 1):
             probs = softmax(target_logits)

@@ -103,6 +103,32 @@ def cpu_workers(device: torch.device, workers="auto") -> int:
     return max(1, int(workers))
 
 
+def plan_prediction(lengths: Sequence[int], device: torch.device, batch_size: int, max_tokens: Optional[int] = -1,
+                    workers="auto") -> tuple[list[np.ndarray], int, int]:
+    """What :func:`predict_logits` runs for texts of these token lengths: the batches (see
+    :func:`plan_batches`), the multiple they are padded to, and the number of worker threads."""
+    n_workers = cpu_workers(device, workers)
+    if max_tokens == -1:
+        max_tokens = default_max_tokens(device, n_workers)
+    multiple = pad_multiple(device)
+    batches = plan_batches(lengths, batch_size, max_tokens, multiple_of=multiple)
+    return batches, multiple, min(n_workers, len(batches))
+
+
+def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray], multiple: int) -> int:
+    """Tokens computed for those batches: each padded to its longest text, rounded up to ``multiple``."""
+    return sum(len(b) * multiple * -(-int(max(lengths[i] for i in b)) // multiple) for b in batches)
+
+
+def predict_with_config(model, tokenizer, cfg, texts: Sequence[str], clean: bool = True,
+                        progress: bool = False) -> np.ndarray:
+    """:func:`predict_logits` with a run config's settings (``predict.batch_size``/``workers``,
+    ``model.max_length``, ``train.precision``; ``clean``: apply ``cfg.clean`` first)."""
+    return predict_logits(model, tokenizer, texts, cfg.predict.batch_size, cfg.model.max_length,
+                          clean=cfg.clean if clean else None, precision=cfg.train.precision, progress=progress,
+                          workers=cfg.predict.workers)
+
+
 @torch.inference_mode()
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128, max_length: int = 512,
                    clean: Optional[CleanConfig] = None, precision: str = "auto", progress: bool = False,
@@ -123,18 +149,13 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
     if len(texts) == 0:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     device = next(model.parameters()).device
-    n_workers = cpu_workers(device, workers)
-    if max_tokens == -1:
-        max_tokens = default_max_tokens(device, n_workers)
     model.eval()
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = enc["input_ids"]
     prec = pick_precision(precision)
     if any(p.dtype == torch.bfloat16 for p in model.parameters()):
         prec = "bf16"
-    multiple = pad_multiple(device)
-    batches = plan_batches([len(x) for x in ids], batch_size, max_tokens, multiple_of=multiple)
-    n_workers = min(n_workers, len(batches))
+    batches, multiple, n_workers = plan_prediction([len(x) for x in ids], device, batch_size, max_tokens, workers)
     keys = list(enc.keys())
 
     def run(idx: np.ndarray) -> np.ndarray:
@@ -207,9 +228,7 @@ def predict_target(model, tokenizer, cfg, target_texts: Sequence[str], train_pri
     from lorafit.prior import adjust_predictions
 
     if logits is None:
-        logits = predict_logits(model, tokenizer, target_texts, cfg.predict.batch_size, cfg.model.max_length,
-                                clean=cfg.clean, precision=cfg.train.precision, progress=True,
-                                workers=cfg.predict.workers)
+        logits = predict_with_config(model, tokenizer, cfg, target_texts, progress=True)
     probs = softmax(logits)
     adjusted, info = adjust_predictions(probs, cfg.predict.prior,
                                         train_prior=None if train_prior is None else np.asarray(train_prior, float))
