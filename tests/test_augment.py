@@ -1,14 +1,18 @@
 """Tests for lorafit.augment: synonyms, LM adaptation, generation, selection and the whole stage.
 
 A tiny randomly initialised GPT-2 with a byte-level BPE tokenizer trained here on a few sentences
-stands in for GPT-2; nothing is downloaded. Synonym tests need WordNet (Debian's wordnet-base or
-NLTK's data) and are skipped without it.
+stands in for GPT-2; nothing is downloaded. Synonym tests use the WordNet lexicon shipped with
+lorafit; the full-WordNet reader (``wordnet_dir``) and the lexicon build script are tested on a tiny
+WordNet dict folder written here, so no test needs (or skips without) a system WordNet.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import runpy
+import sys
 from pathlib import Path
 
 import datasets
@@ -27,15 +31,20 @@ from lorafit.augment.generate import (
 )
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.select import jaccard, near_duplicates, select_samples, shingle_hashes
+from lorafit.augment import synonyms as synonyms_module
 from lorafit.augment.synonyms import (
+    LEXICON,
     LEXNAMES,
     STOPWORDS,
+    SynonymFinder,
     WordNetError,
     _debian_folder,
-    DEBIAN_WORDNET,
+    find_wordnet,
+    load_lexicon,
     load_wordnet,
     replace_synonyms,
     synonym_augment,
+    synonym_finder,
 )
 from lorafit.config import (
     AugmentConfig,
@@ -89,17 +98,96 @@ def tiny_lm(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def wordnet(tmp_path_factory):
-    """The WordNet reader, with lorafit's cache in a temporary folder; skips without WordNet."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    try:
-        yield load_wordnet()
-    except WordNetError as e:
-        pytest.skip(f"no WordNet here: {e}")
-    finally:
-        mp.undo()
+@pytest.fixture
+def no_system_wordnet(tmp_path, monkeypatch):
+    """Every WordNet outside lorafit hidden: Debian's folder, NLTK's data path, NLTK_DATA, lorafit's cache."""
+    import nltk
+
+    monkeypatch.setattr(synonyms_module, "DEBIAN_WORDNET", tmp_path / "no-debian-wordnet")
+    monkeypatch.setattr(nltk.data, "path", [])
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(WordNetError, match="not installed"):
+        find_wordnet()
+
+
+# A tiny WordNet 3.0 dict folder: (pos, lexicographer file number, lemmas). Lemma rules exercised:
+# a word in two synsets (car), one in two parts of speech (share), a capitalised name (Monday), a
+# hyphenated word whose other spelling differs only in case (X-ray / X_ray), multiword lemmas
+# (underscores), a synset of one lemma (entity), and an exception-list form (bought -> buy).
+TINY_SYNSETS = [
+    ("n", 6, ["car", "auto", "automobile", "machine", "motorcar"]),
+    ("n", 6, ["car", "railcar", "railway_car", "railroad_car"]),
+    ("n", 21, ["share", "portion", "part", "percentage"]),
+    ("n", 28, ["Monday", "Mon"]),
+    ("n", 19, ["X-ray", "X_ray", "roentgen_ray"]),
+    ("n", 3, ["entity"]),
+    ("n", 6, ["car_pool", "carpool"]),
+    ("v", 40, ["buy", "purchase"]),
+    ("v", 40, ["share", "divvy_up", "portion_out"]),
+    ("a", 0, ["happy", "glad"]),
+    ("r", 2, ["quickly", "rapidly", "speedily"]),
+]
+TINY_LEXICON = {
+    "auto": ("automobile", "car", "machine", "motorcar"),
+    "automobile": ("auto", "car", "machine", "motorcar"),
+    "buy": ("purchase",),
+    "car": ("auto", "automobile", "machine", "motorcar", "railcar", "railroad car", "railway car"),
+    "carpool": ("car pool",),
+    "glad": ("happy",),
+    "happy": ("glad",),
+    "machine": ("auto", "automobile", "car", "motorcar"),
+    "mon": ("Monday",),
+    "monday": ("Mon",),
+    "motorcar": ("auto", "automobile", "car", "machine"),
+    "part": ("percentage", "portion", "share"),
+    "percentage": ("part", "portion", "share"),
+    "portion": ("part", "percentage", "share"),
+    "purchase": ("buy",),
+    "quickly": ("rapidly", "speedily"),
+    "railcar": ("car", "railroad car", "railway car"),
+    "rapidly": ("quickly", "speedily"),
+    "share": ("divvy up", "part", "percentage", "portion", "portion out"),
+    "speedily": ("quickly", "rapidly"),
+    "x-ray": ("X ray", "roentgen ray"),
+}
+
+
+def write_tiny_wordnet(folder: Path, lexnames: bool = True) -> Path:
+    """Write TINY_SYNSETS as a WordNet 3.0 dict folder (data.* with true byte offsets, index.*,
+    *.exc, and ``lexnames`` unless Debian's layout is wanted)."""
+    folder.mkdir(parents=True)
+    files = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
+    header = "  1 WordNet 3.0 Copyright 2006 by Princeton University.  All rights reserved.\n"
+    index: dict[str, dict[str, list[int]]] = {pos: {} for pos in files}
+    for pos, name in files.items():
+        data, offset = [header], len(header.encode())
+        for i, (p, lexnum, lemmas) in enumerate(TINY_SYNSETS):
+            if p != pos:
+                continue
+            words = " ".join(f"{w} 0" for w in lemmas)
+            line = f"{offset:08d} {lexnum:02d} {pos} {len(lemmas):02x} {words} 000 | tiny synset {i}  \n"
+            data.append(line)
+            for w in lemmas:
+                index[pos].setdefault(w.lower(), []).append(offset)
+            offset += len(line.encode())
+        (folder / f"data.{name}").write_text("".join(data))
+        lines = [f"{w} {pos} {len(offs)} 0 {len(offs)} 0 {' '.join(f'{o:08d}' for o in offs)}  \n"
+                 for w, offs in sorted(index[pos].items())]
+        (folder / f"index.{name}").write_text("".join(lines))
+        (folder / f"{name}.exc").write_text("bought buy\n" if pos == "v" else "")
+    if lexnames:
+        (folder / "lexnames").write_text("".join(f"{i:02d}\t{n}\t{c}\n" for i, (n, c) in enumerate(LEXNAMES)))
+    return folder
+
+
+@pytest.fixture
+def tiny_wordnet(tmp_path, monkeypatch) -> Path:
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))  # load_wordnet registers the folder
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return write_tiny_wordnet(tmp_path / "wordnet")
 
 
 def _gen_kwargs(**over):
@@ -131,19 +219,137 @@ def test_replace_synonyms_skips_stopwords_numbers_short_and_acronyms():
     assert "the" in STOPWORDS
 
 
+# synonyms of the shipped lexicon, read off WordNet 3.0 (Debian's wordnet-base 1:3.0-37 through NLTK)
+KNOWN_SYNONYMS = {
+    "car": ("auto", "automobile", "cable car", "elevator car", "gondola", "machine", "motorcar", "railcar",
+            "railroad car", "railway car"),
+    "Car": ("auto", "automobile", "cable car", "elevator car", "gondola", "machine", "motorcar", "railcar",
+            "railroad car", "railway car"),
+    "happy": ("felicitous", "glad", "well-chosen"),
+    "buy": ("bargain", "bribe", "corrupt", "grease one's palms", "purchase", "steal"),
+    "quickly": ("apace", "chop-chop", "cursorily", "promptly", "quick", "rapidly", "speedily"),
+    "Monday": ("Mon",),
+    "e-mail": ("electronic mail", "email", "netmail"),
+    "well-known": ("long-familiar",),
+    "x-ray": ("X ray", "X-radiation", "X-ray photograph", "X-ray picture", "roentgen ray", "roentgenogram"),
+    "shares": (),  # inflected: WordNet reaches share.n.01 through morphology only
+    "stocks": (),
+    "bought": (),
+    "the": (),
+}
+
+
+@pytest.mark.parametrize("word", list(KNOWN_SYNONYMS))
+def test_shipped_lexicon_has_wordnet_synonyms(word):
+    assert synonym_finder()(word) == KNOWN_SYNONYMS[word]
+
+
+def test_shipped_lexicon_file_and_license():
+    assert LEXICON.is_file() and LEXICON.stat().st_size < 5 * 2**20
+    assert "Princeton University" in (LEXICON.parent / "LICENSE").read_text()
+    table = load_lexicon()
+    assert load_lexicon() is table  # read once
+    assert 50_000 < len(table) < 100_000
+    assert all(k == k.lower() and v and k not in {x.lower() for x in v} and list(v) == sorted(v)
+               for k, v in table.items())
+
+
+def test_synonyms_without_any_system_wordnet(no_system_wordnet, monkeypatch):
+    # NLTK itself is not needed on the default path
+    for name in [m for m in sys.modules if m == "nltk" or m.startswith("nltk.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    ds = datasets.Dataset.from_dict({"text": ["The happy driver sold his old car quickly."], "label": [3]})
+    aug = synonym_augment(ds, fraction=1.0, copies=2, seed=0)
+    assert len(aug) == 2 and aug["label"] == [3, 3] and all(t != ds["text"][0] for t in aug["text"])
+
+
 def test_lexnames_table_and_debian_folder(tmp_path):
     assert len(LEXNAMES) == 45 and LEXNAMES[3] == ("noun.Tops", 1) and LEXNAMES[44] == ("adj.ppl", 3)
-    if not (DEBIAN_WORDNET / "data.noun").is_file():
-        pytest.skip("Debian's wordnet-base is not installed")
-    folder = _debian_folder(DEBIAN_WORDNET, tmp_path)
+    source = write_tiny_wordnet(tmp_path / "debian", lexnames=False)  # Debian's layout
+    folder = _debian_folder(source, tmp_path / "cache")
     lines = (folder / "lexnames").read_text().splitlines()
     assert lines[0] == "00\tadj.all\t3" and lines[29] == "29\tverb.body\t2" and len(lines) == 45
-    assert (folder / "data.noun").stat().st_size == (DEBIAN_WORDNET / "data.noun").stat().st_size
+    assert (folder / "data.noun").read_bytes() == (source / "data.noun").read_bytes()
     assert not (folder / "data.noun").is_symlink()
+    assert _debian_folder(source, tmp_path / "cache") == folder  # built once
 
 
-def test_synonym_augment_changes_words_keeps_labels_deterministic(wordnet):
-    assert wordnet.synset("dog.n.01").lexname() == "noun.animal"  # lexnames file is right
+def test_wordnet_dir_reads_a_full_wordnet_with_nltk(tiny_wordnet, tmp_path):
+    wn = load_wordnet(str(tiny_wordnet))
+    assert wn.synset("car.n.01").lexname() == "noun.artifact" and wn.get_version() == "3.0"
+    finder = SynonymFinder(wn)
+    for word, expected in TINY_LEXICON.items():
+        assert finder(word) == expected
+    assert finder("Car") == TINY_LEXICON["car"]
+    assert finder("shares") == finder("bought") == finder("entity") == ()
+    ds = datasets.Dataset.from_dict({"text": ["He will buy a car quickly."], "label": [1]})
+    out = synonym_augment(ds, fraction=1.0, copies=1, seed=0, wordnet_dir=str(tiny_wordnet))
+    text = out["text"][0]  # every content word with a synonym replaced
+    assert len(out) == 1 and text.startswith("He will purchase a ") and text.endswith(".")
+    car, quickly = text[len("He will purchase a "):-1].rsplit(" ", 1)
+    assert car in TINY_LEXICON["car"] and quickly in TINY_LEXICON["quickly"]
+    # Debian's layout (no lexnames) is wrapped in lorafit's cache, with the same synonyms
+    debian = write_tiny_wordnet(tmp_path / "debian", lexnames=False)
+    assert SynonymFinder(load_wordnet(str(debian)))("car") == TINY_LEXICON["car"]
+    assert (tmp_path / "cache" / "lorafit" / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
+
+
+def test_build_script_writes_the_lexicon_deterministically(tiny_wordnet, tmp_path, capsys):
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "build_wordnet_lexicon.py"))
+    out = tmp_path / "lexicon" / "synonyms.tsv.gz"
+    assert script["main"]([str(tiny_wordnet), "-o", str(out)]) == 0
+    assert "21 words" in capsys.readouterr().out
+    assert load_lexicon(str(out)) == TINY_LEXICON
+    first = out.read_bytes()
+    assert gzip.decompress(first).decode().startswith("# lorafit synonyms from WordNet 3.0")
+    assert script["main"]([str(tiny_wordnet), "-o", str(out)]) == 0
+    assert out.read_bytes() == first  # byte-identical rebuild
+    assert [p.name for p in out.parent.iterdir()] == ["synonyms.tsv.gz"]  # no temporaries left
+    assert script["main"]([str(tmp_path / "nowhere"), "-o", str(out)]) == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_wordnet_errors_name_the_path(tmp_path, monkeypatch):
+    missing = tmp_path / "missing"
+    with pytest.raises(WordNetError, match=f"wordnet_dir '{missing}' has no WordNet database"):
+        synonym_augment(datasets.Dataset.from_dict({"text": ["a car"], "label": [0]}), 0.5, 1, 0,
+                        wordnet_dir=str(missing))
+    broken = write_tiny_wordnet(tmp_path / "broken")
+    (broken / "index.noun").write_text("car n two 0 2 0 00000001\n")
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    with pytest.raises(WordNetError, match="could not read WordNet from .*broken"):
+        load_wordnet(str(broken))
+    good = b"# lorafit synonyms from WordNet 3.0\ncar\tauto\n"
+    cases = {
+        "not-gzip.gz": good,
+        "truncated.gz": gzip.compress(good)[:-12],
+        "wrong-header.gz": gzip.compress(b"car\tauto\n"),
+        "no-synonyms.gz": gzip.compress(b"# lorafit synonyms\ncar\n"),
+        "empty-synonym.gz": gzip.compress(b"# lorafit synonyms\ncar\tauto\t\n"),
+        "cut.gz": gzip.compress(good[:-1]),
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WordNetError, match="corrupt") as e:
+            load_lexicon(str(tmp_path / name))
+        assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(WordNetError, match="missing"):
+        load_lexicon(str(tmp_path / "gone.gz"))
+    (tmp_path / "ok.gz").write_bytes(gzip.compress(good))
+    assert load_lexicon(str(tmp_path / "ok.gz")) == {"car": ("auto",)}
+    # the default lexicon damaged: the synonym stage says which file
+    monkeypatch.setattr(synonyms_module, "LEXICON", tmp_path / "cut.gz")
+    load_lexicon.cache_clear()
+    try:
+        with pytest.raises(WordNetError, match="synonym lexicon '.*cut.gz' is corrupt"):
+            synonym_augment(datasets.Dataset.from_dict({"text": ["a car"], "label": [0]}), 0.5, 1, 0)
+    finally:
+        load_lexicon.cache_clear()
+
+
+def test_synonym_augment_changes_words_keeps_labels_deterministic():
     ds = datasets.Dataset.from_dict({
         "text": ["The big company reported 42 new offices in Europe on Monday.",
                  "The quick brown fox jumps over the lazy dog.",
@@ -360,7 +566,7 @@ def test_near_duplicates_equals_brute_force(threshold):
 # ------------------------------------------------------------------ the whole stage
 
 
-def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, wordnet_or_none):
+def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_wordnet):
     labels = ["World", "Sports"]
     (tmp_path / "bank.yaml").write_text("World: ['Leaders said']\nSports: ['The team']\n")
     extra = tmp_path / "extra.csv"
@@ -370,7 +576,7 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, wordnet_or_non
         data=DataConfig(labels=labels),
         train=TrainConfig(seed=5, precision="fp32"),
         augment=AugmentConfig(
-            synonyms=SynonymConfig(enabled=wordnet_or_none, fraction=0.3),
+            synonyms=SynonymConfig(enabled=True, fraction=0.3),  # the shipped lexicon: no system WordNet
             lm=LMAdaptConfig(enabled=True, model=str(tiny_lm), block_size=16, batch_size=4, max_steps=2),
             generate=GenerateConfig(enabled=True, prompts=str(tmp_path / "bank.yaml"), per_class=3, batch_size=4,
                                     length=LengthConfig(mode="given", a=0.0, loc=8, scale=1, max_words=12)),
@@ -392,7 +598,8 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, wordnet_or_non
     assert rows["original"] == 6 and rows["synthetic_generated"] == 6 and rows["extra_loaded"] == 2
     assert calls == [("teacher-run", 8)] and rep["selection"]["input"] == 8
     assert rows["synthetic"] + rows["extra"] == rep["selection"]["kept"]
-    assert rows["total"] == len(merged) == 6 + rows.get("synonyms", 0) + rep["selection"]["kept"]
+    assert rows["synonyms"] >= 5  # the texts without a replaceable word give no copy
+    assert rows["total"] == len(merged) == 6 + rows["synonyms"] + rep["selection"]["kept"]
     assert set(CORPUS[:6]) <= set(merged["text"]) and merged["text"][:6] != CORPUS[:6]  # shuffled
     assert (tmp_path / "run" / "lm" / "model" / "config.json").is_file()
     assert json.loads((tmp_path / "run" / "augment_report.json").read_text())["rows"] == rows
@@ -403,11 +610,3 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, wordnet_or_non
     assert (tmp_path / "run" / "lm" / "train_log.json").stat().st_mtime_ns == stamp
     assert merged2["text"] == merged["text"]
 
-
-@pytest.fixture
-def wordnet_or_none(request) -> bool:
-    try:
-        request.getfixturevalue("wordnet")
-        return True
-    except pytest.skip.Exception:
-        return False

@@ -1,11 +1,18 @@
 """WordNet synonym augmentation, read offline.
 
-WordNet 3.0 comes from (first found): ``SynonymConfig.wordnet_dir``; NLTK's own data
-(``python -m nltk.downloader wordnet``); or Debian's ``wordnet-base`` package in
-``/usr/share/wordnet``. Debian ships the database files but not the ``lexnames`` table NLTK's
-reader needs, so lorafit builds a folder in its cache (``~/.cache/lorafit/nltk_data``) with a
-copy of the Debian files (about 28 MB, once: NLTK refuses symbolic and hard links that lead out of
-its data folders) and a generated ``lexnames`` file, and registers it on ``nltk.data.path``.
+By default the synonyms come from a lexicon shipped with lorafit
+(``lorafit/augment/wordnet/synonyms.tsv.gz``, about 1 MB): for each lowercase word form of WordNet 3.0,
+the synonyms :class:`SynonymFinder` finds for it, derived once from Princeton's WordNet 3.0 (license in
+``lorafit/augment/wordnet/LICENSE``). Nothing needs installing and NLTK is not imported on that path.
+Rebuild it with ``python scripts/build_wordnet_lexicon.py [WORDNET_DICT_DIR]`` (e.g. Debian's
+``wordnet-base`` in ``/usr/share/wordnet``, or NLTK's ``corpora/wordnet``); the output is
+byte-identical for the same WordNet.
+
+``SynonymConfig.wordnet_dir`` instead reads a full WordNet 3.0 dict folder with NLTK's reader, with the
+same rules. Debian ships the database files but not the ``lexnames`` table NLTK's reader needs, so
+for such a folder lorafit builds one in its cache (``~/.cache/lorafit/nltk_data``) with a copy of the
+files (about 28 MB, once: NLTK refuses symbolic and hard links that lead out of its data folders)
+and a generated ``lexnames`` file, and registers it on ``nltk.data.path``.
 
 Each augmented copy replaces about ``fraction`` of a text's content words with a WordNet synonym.
 Only synsets that list the word's exact form as a lemma are used, so inflected words ("shares",
@@ -14,6 +21,7 @@ Only synsets that list the word's exact form as a lemma are used, so inflected w
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import random
@@ -22,7 +30,7 @@ import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import datasets
 import numpy as np
@@ -32,6 +40,9 @@ from lorafit.io_utils import atomic_path
 log = logging.getLogger(__name__)
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
+# the shipped lexicon: a header line, then one "word<TAB>synonym<TAB>synonym..." line per word form
+LEXICON = Path(__file__).resolve().parent / "wordnet" / "synonyms.tsv.gz"
+_LEXICON_HEADER = "# lorafit synonyms"
 _DB_FILES = ("data.adj", "data.adv", "data.noun", "data.verb", "index.adj", "index.adv", "index.noun",
              "index.verb", "adj.exc", "adv.exc", "noun.exc", "verb.exc", "cntlist.rev")
 
@@ -67,8 +78,7 @@ _WORD = re.compile(r"\b[A-Za-z]+(?:['-][A-Za-z]+)*\b")
 MIN_WORD_LENGTH = 3
 
 
-class WordNetError(RuntimeError):
-    """WordNet data cannot be found or read; the message says how to install it."""
+from lorafit.errors import WordNetError  # noqa: E402,F401  (re-exported; the CLI prints it as one line)
 
 
 def _cache_dir() -> Path:
@@ -106,7 +116,7 @@ def find_wordnet(wordnet_dir: Optional[str] = None, cache_dir: Optional[Path] = 
         if not (p / "data.noun").is_file():
             raise WordNetError(
                 f"augment.synonyms.wordnet_dir '{p}' has no WordNet database (expected {p}/data.noun). "
-                "Point it at a WordNet 3.0 dict folder, or leave it null to use NLTK's or Debian's copy."
+                "Point it at a WordNet 3.0 dict folder, or leave it null to use the lexicon shipped with lorafit."
             )
         return p if (p / "lexnames").is_file() else _debian_folder(p, cache_dir)
     import nltk
@@ -149,13 +159,19 @@ def load_wordnet(wordnet_dir: Optional[str] = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "multilingual functions are not available": expected
             return _reader_class()(str(root) if isinstance(root, Path) else root, None)
-    except (OSError, ValueError, AssertionError, LookupError) as e:
-        raise WordNetError(f"could not read WordNet from '{root}': {e}. Reinstall it (`apt-get install "
-                           "--reinstall wordnet-base` or `python -m nltk.downloader wordnet`).") from None
+    except Exception as e:  # OSError, ValueError, NLTK's own WordNetError (a bad index line), ...
+        raise _read_error(root, e) from None
+
+
+def _read_error(root, e: Exception) -> WordNetError:
+    return WordNetError(f"could not read WordNet from '{root}': {type(e).__name__}: {e}. Reinstall it "
+                        "(`apt-get install --reinstall wordnet-base` or `python -m nltk.downloader wordnet`).")
 
 
 class SynonymFinder:
-    """Synonyms of a word's exact form, cached per word."""
+    """Synonyms of a word's exact form, read from an NLTK WordNet reader and cached per word.
+
+    These are the rules the shipped lexicon is built with (:func:`lexicon_entries`)."""
 
     def __init__(self, wordnet):
         self.wn = wordnet
@@ -165,8 +181,12 @@ class SynonymFinder:
         w = word.lower()
         if w not in self._cache:
             found = set()
-            for synset in self.wn.synsets(w):
-                names = [l.name() for l in synset.lemmas()]
+            try:
+                synsets = self.wn.synsets(w)
+                names_per_synset = [[l.name() for l in synset.lemmas()] for synset in synsets]
+            except Exception as e:  # a damaged data file: bad offsets give None synsets, bad lines ValueError
+                raise _read_error(getattr(self.wn, "root", "?"), e) from None
+            for names in names_per_synset:
                 if not any(n.lower() == w for n in names):
                     continue  # reached through morphology only: "shares" -> share.n.01
                 for n in names:
@@ -175,6 +195,66 @@ class SynonymFinder:
                         found.add(s)
             self._cache[w] = tuple(sorted(found))
         return self._cache[w]
+
+
+def lexicon_entries(wordnet) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``(word, synonyms)`` for every lowercase word form of ``wordnet`` (an NLTK reader) that a
+    text word can be (matches ``_WORD`` in full) and that has a synonym, sorted by word: exactly
+    what :class:`SynonymFinder` returns for it. Only a lemma name of some synset can have one
+    (a synonym needs a synset listing the word's exact form), so those are the only candidates."""
+    finder = SynonymFinder(wordnet)
+    try:
+        forms = {lemma.name().lower() for synset in wordnet.all_synsets() for lemma in synset.lemmas()}
+    except Exception as e:
+        raise _read_error(getattr(wordnet, "root", "?"), e) from None
+    for word in sorted(f for f in forms if _WORD.fullmatch(f)):
+        found = finder(word)
+        if found:
+            yield word, found
+
+
+def lexicon_bytes(entries: Iterable[tuple[str, tuple[str, ...]]], source: str = "WordNet 3.0") -> bytes:
+    """The lexicon file's content: gzip (mtime 0, so the same entries give the same bytes) of a
+    header line and one ``word<TAB>synonym<TAB>...`` line per entry."""
+    lines = [f"{_LEXICON_HEADER} from {source}: word<TAB>synonyms (scripts/build_wordnet_lexicon.py)"]
+    for word, found in entries:
+        if not found or any("\t" in x or "\n" in x for x in (word, *found)):
+            raise ValueError(f"cannot store lexicon entry {word!r}: {found!r}")
+        lines.append("\t".join((word, *found)))
+    return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
+
+
+@lru_cache(maxsize=2)
+def load_lexicon(path: Optional[str] = None) -> dict[str, tuple[str, ...]]:
+    """The synonym table in a lexicon file (default: the one shipped with lorafit), read once."""
+    path = Path(path) if path else LEXICON
+    fix = ("Reinstall lorafit, or rebuild it with `python scripts/build_wordnet_lexicon.py`, or set "
+           "augment.synonyms.wordnet_dir to a WordNet 3.0 folder.")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="\n") as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        raise WordNetError(f"the synonym lexicon '{path}' is missing. {fix}") from None
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:  # BadGzipFile, truncated, zlib.error
+        raise WordNetError(f"the synonym lexicon '{path}' is corrupt ({type(e).__name__}: {e}). {fix}") from None
+    if not lines[0].startswith(_LEXICON_HEADER) or lines[-1] != "":
+        raise WordNetError(f"the synonym lexicon '{path}' is corrupt (not a lorafit lexicon or cut short). {fix}")
+    table = {}
+    for i, line in enumerate(lines[1:-1], start=2):
+        word, *found = line.split("\t")
+        if not word or not found or not all(found):
+            raise WordNetError(f"the synonym lexicon '{path}' is corrupt (line {i}: {line[:60]!r}). {fix}")
+        table[word] = tuple(found)
+    return table
+
+
+def synonym_finder(wordnet_dir: Optional[str] = None) -> Callable[[str], tuple[str, ...]]:
+    """``word -> synonyms``: from the full WordNet in ``wordnet_dir`` (NLTK's reader) if given,
+    else from the shipped lexicon (same synonyms, no NLTK)."""
+    if wordnet_dir:
+        return SynonymFinder(load_wordnet(wordnet_dir))
+    table = load_lexicon()
+    return lambda word: table.get(word.lower(), ())
 
 
 def is_content_word(word: str) -> bool:
@@ -195,7 +275,8 @@ def _replaceable(text: str, m: re.Match) -> bool:
     return is_content_word(word) and (word[0].islower() or _starts_sentence(text, m.start()))
 
 
-def replace_synonyms(text: str, fraction: float, rng: random.Random, synonyms: SynonymFinder) -> str:
+def replace_synonyms(text: str, fraction: float, rng: random.Random,
+                     synonyms: Callable[[str], tuple[str, ...]]) -> str:
     """Replace ``max(1, round(fraction * n))`` of the ``n`` content words that have a synonym."""
     words = [m for m in _WORD.finditer(text) if _replaceable(text, m)]
     n_content = len(words)
@@ -219,7 +300,8 @@ def replace_synonyms(text: str, fraction: float, rng: random.Random, synonyms: S
 
 def synonym_augment(ds: datasets.Dataset, fraction: float, copies: int, seed: int,
                     max_samples: Optional[int] = None, wordnet_dir: Optional[str] = None) -> datasets.Dataset:
-    """Augmented copies of the rows of ``ds`` (``text``, ``label``) with WordNet synonyms.
+    """Augmented copies of the rows of ``ds`` (``text``, ``label``) with WordNet synonyms (from
+    the shipped lexicon, or the full WordNet in ``wordnet_dir``).
 
     Up to ``max_samples`` rows (a seeded subsample; null = all) each get ``copies`` copies in which
     about ``fraction`` of the content words are replaced. Stopwords, numbers, punctuation,
@@ -232,7 +314,7 @@ def synonym_augment(ds: datasets.Dataset, fraction: float, copies: int, seed: in
         raise ValueError(f"synonym fraction must be in (0, 1], got {fraction} (config key augment.synonyms.fraction)")
     if copies < 1:
         raise ValueError(f"synonym copies must be >= 1, got {copies} (config key augment.synonyms.copies)")
-    finder = SynonymFinder(load_wordnet(wordnet_dir))
+    finder = synonym_finder(wordnet_dir)
     rows = np.arange(len(ds))
     if max_samples is not None and max_samples < len(ds):
         rows = np.sort(np.random.default_rng(seed).choice(len(ds), size=max_samples, replace=False))
