@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny randomly initialised models saved to temp folders (no network), small
-labeled/unlabeled CSVs, and the shared real data (skipped cleanly when ../shared is absent)."""
+"""Shared fixtures: tiny randomly initialised models saved to temp folders (no network) and small
+labeled/unlabeled CSVs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 NEWS = {
     0: ["Talks resume in Geneva as envoys seek a ceasefire in the border war",
@@ -105,9 +104,3 @@ def tiny_overrides(model_dir: Path, csvs: dict, run_root: Path, **extra) -> list
     ov.update(extra)
     return [f"{k}={v}" for k, v in ov.items()]
 
-
-@pytest.fixture()
-def shared_data() -> Path:
-    if not (SHARED_DATA / "agnews" / "train.csv").is_file():
-        pytest.skip("../shared/data is absent (real AG News data is only present in development checkouts)")
-    return SHARED_DATA

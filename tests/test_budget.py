@@ -171,7 +171,9 @@ def test_unknown_target_module_is_a_clear_error():
         count_budget(_seed("lora.target_modules=[no_such_module]"))
 
 
-def test_the_no_weights_guard_is_effective():
-    """Sanity check of this module's fixture: a weight load would indeed fail these tests."""
-    with pytest.raises(AssertionError, match="must not load"):
-        lorafit.model.build_model(load_config(SEED), weights=True)
+def test_max_length_beyond_the_position_limit_is_refused_from_the_config():
+    """RoBERTa-base has 514 position embeddings, of which 512 hold tokens (positions start after
+    the padding index): 512 is accepted, 513 refused before any weight loads, naming the key."""
+    assert count_budget(_seed("model.max_length=512")).trainable == TRAINABLE
+    with pytest.raises(lorafit.model.ModelError, match=r"'model.max_length': 513 .*512 positions.*<= 512"):
+        count_budget(_seed("model.max_length=513"))

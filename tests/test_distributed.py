@@ -20,7 +20,8 @@ import pytest
 
 from conftest import tiny_overrides
 
-pytestmark = pytest.mark.slow  # two launches of `lorafit run`, one of them two processes: ~30-60 s
+# Two launches of `lorafit run`, one of them two processes: about a minute. Part of `make test`, so
+# CI exercises multi-process training.
 
 B = 8  # per-device batch of the data-parallel run
 
@@ -42,26 +43,10 @@ def deterministic_tiny_dir(tiny_roberta_dir, tmp_path_factory) -> Path:
     return out
 
 
-# lorafit.pipeline.run builds the model (random LoRA A matrices, and a fresh classifier head where
-# the checkpoint has none) before train_model seeds the RNGs, and torch seeds each new process at
-# random: two runs do not start from the same weights. Under DDP rank 0's weights are broadcast to
-# the others, so seeding every process the same way at start-up makes the single-process and the
-# data-parallel run start alike. (Not needed once the pipeline seeds before building the model.)
-SITECUSTOMIZE = """
-import os
-if os.environ.get("LORAFIT_TEST_TORCH_SEED"):
-    import torch
-    torch.manual_seed(int(os.environ["LORAFIT_TEST_TORCH_SEED"]))
-"""
-
-
-def _env(site: Path) -> dict:
+def _env() -> dict:
+    # no seeding help: build_model seeds from train.seed, so every process starts from the same weights
     env = dict(os.environ)
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env.update(
-        PYTHONPATH=os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p),
-        LORAFIT_TEST_TORCH_SEED="0",
         CUDA_VISIBLE_DEVICES="",  # CPU: Trainer/accelerate then pick the gloo backend by themselves
         OMP_NUM_THREADS="1",
         OMP_WAIT_POLICY="PASSIVE",
@@ -76,7 +61,7 @@ def _env(site: Path) -> dict:
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd / "site"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)
     log.write_text(proc.stdout)
     assert proc.returncode == 0, f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-4000:]}"

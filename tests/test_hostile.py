@@ -260,7 +260,6 @@ def test_pickle_refused_without_allow_pickle(tmp_path):
 
 def test_cli_allow_pickle_flag(tmp_path, tiny_roberta_dir, tiny_csvs, monkeypatch):
     import lorafit.pipeline
-    from lorafit.data import prepare_data
 
     rows = tiny_labeled_rows(2)
     good = tmp_path / "train.pkl"
@@ -281,7 +280,7 @@ def test_cli_allow_pickle_flag(tmp_path, tiny_roberta_dir, tiny_csvs, monkeypatc
     assert not (tmp_path / "runs").exists()
 
     seen = []  # with the flag, the data stage reads the pickle (the training itself is not under test)
-    monkeypatch.setattr(lorafit.pipeline, "run", lambda cfg: seen.append(prepare_data(cfg)) or {})
+    monkeypatch.setattr(lorafit.pipeline, "run", lambda cfg, data, **kw: seen.append(data) or {})
     monkeypatch.setattr(lorafit.pipeline, "summary", lambda cfg, m: "done")
     res = runner.invoke(app_(), args(good, "--allow-pickle"))
     assert res.exit_code == 0, res.output

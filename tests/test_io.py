@@ -460,7 +460,8 @@ def test_prepare_data_cleans_train_val_and_target(tmp_path):
 def test_prepare_data_without_cleaning_keeps_text(tmp_path):
     src = write_csv(tmp_path / "src.csv", [{"text": "Iran #39;s talks", "label": 0}, {"text": "b c d", "label": 1}])
     dev = write_csv(tmp_path / "dev.csv", [{"text": "x &amp; y", "label": 1}])
-    prep = prepare_data(_cfg(tmp_path, f"data.source={src}", f"data.validation={dev}", "clean.enabled=false"))
+    prep = prepare_data(_cfg(tmp_path, f"data.source={src}", f"data.validation={dev}", "clean.enabled=false",
+                             "data.labels=[a,b]"))
     assert prep.train["text"] == ["Iran #39;s talks", "b c d"]
     assert prep.val["text"] == ["x &amp; y"]
 

@@ -140,3 +140,23 @@ def test_predict_workers_must_be_auto_or_a_positive_integer(bad):
         load_config(None, [f"predict.workers={bad}"])
     assert load_config(None, ["predict.workers=3"]).predict.workers == 3
     assert load_config(None, []).predict.workers == "auto"
+
+
+def test_a_huge_text_is_cut_before_tokenizing_and_keeps_its_tokens(tiny_model):
+    """A text far longer than max_length tokens can use is cut (by characters) before it is
+    tokenized: the kept tokens, and so the logits, are those of the whole text."""
+    from lorafit.data.clean import CHARS_PER_TOKEN, clip_text
+
+    model, tok = tiny_model
+    sentence = "Shares rise as the bank reports higher quarterly profit &amp; more. "
+    huge = sentence * 20_000  # 1.4 MB on one line
+    clipped = clip_text(huge, 64)
+    assert len(clipped) == 64 * CHARS_PER_TOKEN and huge.startswith(clipped)
+    assert clip_text(sentence, 64) == sentence
+    whole = tok(huge, truncation=True, max_length=64)["input_ids"]
+    assert tok(clipped, truncation=True, max_length=64)["input_ids"] == whole and len(whole) == 64
+    # predict_logits cuts before tokenizing: the same logits as for a short prefix of the same text
+    got = predict_logits(model, tok, [huge, "Cup final tonight"], max_length=64, precision="fp32", workers=1)
+    want = predict_logits(model, tok, [sentence * 10, "Cup final tonight"], max_length=64, precision="fp32",
+                          workers=1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -14,8 +14,7 @@ from lorafit.config import Config
 from lorafit.model import build_model
 
 
-class BudgetExceeded(RuntimeError):
-    """Trainable parameters exceed ``budget.max_trainable``."""
+from lorafit.errors import BudgetExceeded  # noqa: E402  (re-exported)
 
 
 @dataclass
@@ -90,3 +89,144 @@ def check_budget(cfg: Config) -> BudgetReport:
             "Lower lora.r, drop target modules, set lora.bias=none, or restrict lora.layers_to_transform."
         )
     return report
+
+
+# ------------------------------------------------------------------ the largest rank that fits (`lorafit budget --fit`)
+
+# target_modules choices per family, recognised by the names of the model's linear layers:
+# (label, modules). "attention" adds the attention output projection; the last adds the feed-forward layers.
+FIT_CHOICES = [
+    ({"query", "key", "value"}, [  # BERT, RoBERTa, MiniLM, ELECTRA, XLM-R
+        ("query,value", ["query", "value"]),
+        ("query,key,value", ["query", "key", "value"]),
+        ("attention (q,k,v,out)", ["query", "key", "value", "attention.output.dense"]),
+        ("attention + feed-forward", ["query", "key", "value", "dense"])]),
+    ({"q_lin", "k_lin", "v_lin"}, [  # DistilBERT
+        ("q_lin,v_lin", ["q_lin", "v_lin"]),
+        ("q_lin,k_lin,v_lin", ["q_lin", "k_lin", "v_lin"]),
+        ("attention (q,k,v,out)", ["q_lin", "k_lin", "v_lin", "out_lin"]),
+        ("attention + feed-forward", ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"])]),
+    ({"query_proj", "key_proj", "value_proj"}, [  # DeBERTa-v2/v3
+        ("query_proj,value_proj", ["query_proj", "value_proj"]),
+        ("query_proj,key_proj,value_proj", ["query_proj", "key_proj", "value_proj"]),
+        ("attention (q,k,v,out)", ["query_proj", "key_proj", "value_proj", "attention.output.dense"]),
+        ("attention + feed-forward", ["query_proj", "key_proj", "value_proj", "dense"])]),
+    ({"q_proj", "k_proj", "v_proj"}, [  # Llama, Mistral, Qwen, OPT, ...
+        ("q_proj,v_proj", ["q_proj", "v_proj"]),
+        ("q_proj,k_proj,v_proj", ["q_proj", "k_proj", "v_proj"]),
+        ("attention (q,k,v,o)", ["q_proj", "k_proj", "v_proj", "o_proj", "out_proj"]),
+        ("attention + MLP", ["q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "gate_proj", "up_proj", "down_proj",
+                             "fc1", "fc2"])]),
+    ({"c_attn"}, [  # GPT-2
+        ("c_attn", ["c_attn"]),
+        ("c_attn,c_proj", ["c_attn", "c_proj"]),
+        ("c_attn,c_proj,c_fc", ["c_attn", "c_proj", "c_fc"])]),
+]
+_HEAD_NAMES = ("classifier", "score", "pooler", "lm_head")
+
+
+def linear_layer_names(cfg: Config) -> tuple[set[str], int]:
+    """Leaf names of the encoder's linear layers (not the head's), and the model's width, from the
+    model config alone (meta device)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from lorafit.model import load_base_model
+
+    base = load_base_model(cfg, weights=False)
+    names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules()
+             if isinstance(m, (torch.nn.Linear, Conv1D)) and not any(h in n.split(".") for h in _HEAD_NAMES)}
+    c = base.config
+    width = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) or getattr(c, "d_model", None) or 4096
+    return names, int(width)
+
+
+def fit_choices(cfg: Config, names: set[str]) -> list[tuple[str, list[str]]]:
+    """Built-in target_modules choices for this model (only modules it has), plus the config's own."""
+    choices: list[tuple[str, list[str]]] = []
+    for marker, rows in FIT_CHOICES:
+        if marker <= names:
+            for label, modules in rows:
+                kept = [m for m in modules if m.rsplit(".", 1)[-1] in names]
+                if kept and kept not in [c for _, c in choices]:
+                    choices.append((label, kept))
+            break
+    else:  # an unknown family: every linear layer name on its own, then all of them
+        choices = [(n, [n]) for n in sorted(names)] + ([("all linear", sorted(names))] if len(names) > 1 else [])
+    own = list(cfg.lora.target_modules)
+    if own not in [c for _, c in choices]:
+        choices.append((f"{','.join(own)} (config)", own))
+    return choices
+
+
+def largest_rank(count, limit: int, r_max: int) -> "int | None":
+    """The largest r in [1, r_max] with ``count(r) <= limit`` (count grows with r), or None when
+    even r=1 does not fit. Starts from the linear estimate (LoRA counts are linear in r), then
+    bisects with exact counts, so it needs a handful of counts."""
+    if count(1) > limit:
+        return None
+    slope = count(2) - count(1)
+    guess = r_max if slope <= 0 else max(1, min(r_max, 1 + (limit - count(1)) // slope))
+    lo, hi = 1, r_max + 1  # count(lo) <= limit < count(hi); hi = r_max + 1 stands for "beyond"
+    if count(guess) <= limit:
+        lo = guess
+        if guess < r_max and count(guess + 1) > limit:
+            hi = guess + 1
+    else:
+        hi = guess
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= limit else (lo, mid)
+    return lo
+
+
+def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
+    """For each target_modules choice and bias setting: the largest lora.r within
+    ``budget.max_trainable`` and its exact trainable count (meta-device counts only; the other
+    lora keys, the head and ``modules_to_save`` as in ``cfg``)."""
+    import dataclasses
+
+    from lorafit.errors import LorafitError
+
+    names, width = linear_layer_names(cfg)
+    rows = []
+    for label, modules in fit_choices(cfg, names):
+        row = {"target_modules": label, "modules": modules}
+        for bias in biases:
+            memo: dict[int, int] = {}
+
+            def count(r: int) -> int:
+                if r not in memo:
+                    lora = dataclasses.replace(cfg.lora, r=r, target_modules=modules, bias=bias)
+                    memo[r] = count_budget(dataclasses.replace(cfg, lora=lora)).trainable
+                return memo[r]
+
+            try:
+                r = largest_rank(count, cfg.budget.max_trainable, width)
+                row[bias] = {"r": r, "trainable": count(r) if r else None, "at_r1": count(1)}
+            except LorafitError as e:  # the model has no such module
+                row[bias] = {"r": None, "trainable": None, "error": str(e)[:120]}
+        rows.append(row)
+    return {"model": cfg.model.name, "budget": cfg.budget.max_trainable, "max_r": width, "biases": list(biases),
+            "rows": rows}
+
+
+def render_fit(fit: dict) -> str:
+    """``fit_ranks`` as a text table."""
+    biases = fit["biases"]
+    w = max(len("target_modules"), *(len(r["target_modules"]) for r in fit["rows"]))
+    head = f"{'target_modules':<{w}}" + "".join(f"  {'bias=' + b + ': max r':>16} {'trainable':>11}" for b in biases)
+    lines = [f"largest lora.r within budget.max_trainable={fit['budget']:,} for {fit['model']} "
+             f"(r <= {fit['max_r']}; other lora keys, head and modules_to_save as configured)", head,
+             "-" * len(head)]
+    for row in fit["rows"]:
+        cells = ""
+        for b in biases:
+            c = row[b]
+            if c["r"] is None:
+                why = "no such module" if "error" in c else f"r=1: {c['at_r1']:,}"
+                cells += f"  {'-':>16} {why:>11}"
+            else:
+                cells += f"  {c['r']:>16} {c['trainable']:>11,}"
+        lines.append(f"{row['target_modules']:<{w}}{cells}")
+    return "\n".join(lines)

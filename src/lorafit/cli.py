@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from lorafit.config import Config, ConfigError, load_config
+from lorafit.config import Config, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
@@ -34,29 +34,39 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+EXIT_INTERRUPTED = 130
+
+
 def _fail(msg: str, code: int = EXIT_INPUT) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())  # one line, always
+    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
+def _os_error_message(e: OSError) -> str:
+    where = f"'{e.filename}'" if e.filename else "a file"
+    return f"cannot use {where}: {e.strerror or e}"
+
+
 def _guarded(fn):
-    """Turn known input errors into one-paragraph messages with a non-zero exit code."""
-    from lorafit.budget import BudgetExceeded
-    from lorafit.data.io import DataError
-    from lorafit.io_utils import DiskFullError
-    from lorafit.model import ModelError
+    """Run a command; every error a user can cause becomes one line on stderr and an exit code
+    (2 input, 3 over budget, 130 interrupted), with no traceback. Nothing heavy is imported here,
+    so a bad config fails before torch loads."""
+    from lorafit.errors import LorafitError
+    from lorafit.io_utils import as_disk_full
 
     try:
         return fn()
-    except BudgetExceeded as e:
-        _fail(str(e), EXIT_BUDGET)
-    except (ConfigError, DataError, ModelError, DiskFullError, FileNotFoundError) as e:
-        _fail(str(e))
+    except LorafitError as e:
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted: every file written so far is complete (files are written atomically); run the same "
+              "command again to continue from the saved stages and checkpoints", EXIT_INTERRUPTED)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        _fail(_os_error_message(e))
     except ValueError as e:  # validation errors raised by stages carry actionable messages
         _fail(str(e))
     except Exception as e:  # a full disk inside Trainer/safetensors/torch writers has no errno
-        from lorafit.io_utils import as_disk_full
-
         full = as_disk_full(e)
         if full is None:
             raise
@@ -84,15 +94,27 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         name: Optional[str] = typer.Option(None, help="run name (folder under output_dir)"),
         output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading .pkl data (pickles can run code: trusted sources only)"),
+        fresh: bool = typer.Option(False, "--fresh", help="replace a previous run in the run folder instead of continuing it"),
         verbose: bool = typer.Option(False, "-v", "--verbose")):
     """Run every enabled stage of CONFIG into runs/<name>/ and print a summary."""
     _setup_logging(verbose)
 
     def go():
-        from lorafit.pipeline import run as run_pipeline, summary
+        from lorafit.config import check_run_dir
 
         cfg = _load(config, overrides or [], name, output_dir, allow_pickle)
-        metrics = run_pipeline(cfg)
+        check_run_dir(cfg, fresh)
+        # datasets/pandas only once the config is known good; torch and peft only once the data is
+        from lorafit.data import prepare_data
+        from lorafit.report import StageTimer
+
+        timer = StageTimer()  # seconds per stage, from the data stage on (metrics.json stage_seconds)
+        data = prepare_data(cfg)  # bad data fails here, before the model stack (torch, peft) is imported
+        timer.lap("data")
+
+        from lorafit.pipeline import run as run_pipeline, summary
+
+        metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)
         if metrics:  # empty on the non-zero ranks of a multi-process run
             typer.echo(summary(cfg, metrics))
 
@@ -100,7 +122,9 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
 
 
 @app.command()
-def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG):
+def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+           fit: bool = typer.Option(False, "--fit", help="list the largest lora.r per target_modules choice "
+                                                         "(with and without biases) that fits the budget")):
     """Count trainable parameters from the model config alone (no weights); exit 3 when over budget."""
     _setup_logging(False)
 
@@ -108,11 +132,48 @@ def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
         from lorafit.budget import count_budget
 
         cfg = _load(config, overrides or [])
+        if fit:
+            from lorafit.budget import fit_ranks, render_fit
+
+            count_budget(cfg)  # says once where the model config came from; the many counts below do not
+            logging.getLogger("lorafit.model").setLevel(logging.WARNING)
+            typer.echo(render_fit(fit_ranks(cfg)))
+            return
         report = count_budget(cfg)
         typer.echo(report.render())
         if not report.within:
             top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
             _fail(f"over budget by {report.trainable - report.max_trainable:,}; largest contributors: {top}", EXIT_BUDGET)
+
+    _guarded(go)
+
+
+@app.command()
+def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+           trials: Optional[int] = typer.Option(None, help="trials to train in all (default search.trials); "
+                                                           "over-budget proposals are rejected untrained and not counted"),
+           storage: Optional[str] = typer.Option(None, help="database URL shared by processes on several machines, e.g. "
+                                                            "postgresql://user:pass@host/db (default: sqlite file "
+                                                            "<output_dir>/<name>/search.db)"),
+           workers: int = typer.Option(1, help="processes on this machine working on the study"),
+           name: Optional[str] = typer.Option(None, help="study name and folder under output_dir"),
+           output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
+           allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+           worker_index: int = typer.Option(0, hidden=True),
+           verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Budget-aware hyperparameter search over the config's search.space (Optuna; resumable)."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.search import render_leaderboard, run_search
+
+        extra = list(overrides or [])
+        extra += [f"name={name}"] if name else []
+        extra += [f"output_dir={output_dir}"] if output_dir else []
+        extra += ["data.allow_pickle=true"] if allow_pickle else []
+        result = run_search(config, extra, trials=trials, storage=storage, workers=workers, worker_index=worker_index)
+        if result:
+            render_leaderboard(result)
 
     _guarded(go)
 
@@ -142,9 +203,12 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         from lorafit.pipeline import load_target_probs
         from lorafit.prior import adjust_predictions
 
+        from lorafit.io_utils import check_writable
         from lorafit.model import require_trained_run
         from lorafit.prior import parse_prior
 
+        if output is not None:  # before any work: a path we cannot write fails in a second
+            check_writable(output, "submission file (-o)")
         require_trained_run(run_dir)
         cfg = load_config(Path(run_dir) / "config.yaml")
         if prior is not None:
@@ -262,7 +326,55 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
     _guarded(go)
 
 
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
+           card: bool = typer.Option(True, "--card/--no-card", help="also (re)write the adapter's model card model/README.md"),
+           verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Write RUN_DIR/report.html: one self-contained page with the results, data, curves and samples of a run."""
+    _setup_logging(verbose)
+
+    def go():
+        from lorafit.report import read_run, write_model_card, write_report
+
+        path = write_report(run_dir)
+        typer.echo(f"wrote {path}")
+        run = read_run(run_dir)
+        if card and run["cfg"] is not None and (Path(run_dir) / "model" / "adapter_config.json").is_file():
+            typer.echo(f"wrote {write_model_card(run_dir, run['cfg'], run['metrics'])}")
+
+    _guarded(go)
+
+
+@app.command()
+def compare(run_dirs: List[Path] = typer.Argument(..., help="run folders, e.g. runs/quickstart runs/r4"),
+            html: Optional[Path] = typer.Option(None, "--html", help="also write the table as a self-contained HTML page")):
+    """Runs side by side: the config keys that differ, validation accuracy and macro-F1, target
+    distribution, times per stage (a field a run lacks is left blank)."""
+    _setup_logging(False)
+
+    def go():
+        from rich.console import Console
+
+        from lorafit.io_utils import atomic_write_text
+        from lorafit.report import compare_runs, comparison_html, comparison_table
+
+        names, rows = compare_runs(run_dirs)
+        Console().print(comparison_table(names, rows))
+        if html is not None:
+            atomic_write_text(html, comparison_html(names, rows))
+            typer.echo(f"wrote {html}")
+
+    _guarded(go)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: one line, exit 130 (training saves a checkpoint first)
+
+
 def main() -> None:  # console-script entry point
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

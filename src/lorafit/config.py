@@ -18,8 +18,7 @@ from typing import Any, Optional, Union
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
+from lorafit.errors import ConfigError  # noqa: E402  (re-exported: lorafit.config.ConfigError)
 
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -170,7 +169,8 @@ class TrainConfig:
     warmup_ratio, optim (``adamw_torch_fused`` falls back to ``adamw_torch`` where unsupported),
     seed, precision (``auto``: bf16 where the device supports it, else fp32; or bf16|fp16|fp32),
     group_by_length (length-grouped batches), gradient_checkpointing, max_steps (overrides epochs
-    when > 0), eval_steps (null = evaluate and save every epoch), logging_steps, save_total_limit,
+    when > 0), eval_steps (null = evaluate and save every epoch), save_steps (also save a checkpoint
+    every N steps, so a long epoch is not lost whole; null = only at evaluations), logging_steps, save_total_limit,
     early_stopping_patience (evaluations without improvement; null = off), label_smoothing,
     resume (continue from the last checkpoint in the run folder), lr_scheduler, dataloader_workers.
     """
@@ -188,6 +188,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     max_steps: int = -1
     eval_steps: Optional[int] = None
+    save_steps: Optional[int] = None
     logging_steps: int = 50
     save_total_limit: Optional[int] = 2
     early_stopping_patience: Optional[int] = None
@@ -206,12 +207,15 @@ class TrainConfig:
         _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "must be auto|bf16|fp16|fp32")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
         _check(self.eval_steps is None or self.eval_steps > 0, "train.eval_steps", "must be > 0 or null")
+        _check(self.save_steps is None or self.save_steps > 0, "train.save_steps", "must be > 0 or null")
 
 
 @dataclass
 class SynonymConfig:
     """WordNet synonym augmentation: ``copies`` augmented copies of each of up to ``max_samples``
-    training rows (null = all), replacing ``fraction`` of the content words."""
+    training rows (null = all), replacing ``fraction`` of the content words. The synonyms come from
+    the WordNet 3.0 lexicon shipped with lorafit; ``wordnet_dir`` reads a full WordNet 3.0 dict
+    folder (through NLTK) instead, which gives the same synonyms."""
 
     enabled: bool = False
     fraction: float = 0.1
@@ -353,6 +357,164 @@ class PredictConfig:
 
 
 @dataclass
+class PrunerConfig:
+    """Early stopping of poor trials in ``lorafit search``, judged on the validation accuracy
+    reported at each evaluation (set ``train.eval_steps`` so a trial evaluates several times).
+
+    type: ``median`` (stop a trial whose best accuracy so far is below the median of the other
+        trials at the same step), ``percentile`` (below their ``percentile``-th percentile),
+        ``threshold`` (below ``lower``) or ``none``.
+    n_startup_trials: completed trials before median/percentile pruning starts.
+    n_warmup_steps: no pruning before this training step. interval_steps: check every N steps.
+    percentile: for ``percentile``, in (0, 100). lower: for ``threshold``, the least accuracy.
+    """
+
+    type: str = "median"
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    percentile: float = 50.0
+    lower: Optional[float] = None
+
+    def __post_init__(self):
+        _check(self.type in ("median", "percentile", "threshold", "none"), "search.pruner.type",
+               f"must be median|percentile|threshold|none, got {self.type!r}")
+        _check(self.n_startup_trials >= 0, "search.pruner.n_startup_trials", "must be >= 0")
+        _check(self.n_warmup_steps >= 0, "search.pruner.n_warmup_steps", "must be >= 0")
+        _check(self.interval_steps >= 1, "search.pruner.interval_steps", "must be >= 1")
+        _check(0.0 < self.percentile < 100.0, "search.pruner.percentile", "must be in (0, 100)")
+        _check(self.type != "threshold" or self.lower is not None, "search.pruner.lower",
+               "is required when search.pruner.type is threshold (the least validation accuracy to go on)")
+
+
+SEARCH_OBJECTIVES = ("val_accuracy", "val_macro_f1")  # and file:PATH (accuracy on a labeled file)
+
+
+@dataclass
+class SearchConfig:
+    """Budget-aware hyperparameter search (``lorafit search CONFIG``); ``lorafit run`` ignores it.
+
+    space: config key -> what to try: ``{choices: [v1, v2]}`` (values of that key), ``{choices:
+        {name: value}}`` (named choices, e.g. lists of target modules), or a range ``{low: L,
+        high: H}`` for an int or float key (the key's type decides which), with optional
+        ``log: true`` and ``step``. Example: ``lora.r: {low: 2, high: 32, log: true}``.
+    trials: trials to train (completed or pruned) in the study; ``--trials`` overrides. Trials over
+        ``budget.max_trainable`` are rejected from the parameter count alone and not counted.
+    objective: ``val_accuracy`` (default), ``val_macro_f1``, ``file:PATH`` (accuracy on a labeled
+        file), or a mapping ``{term: weight}`` summing several, e.g. ``{val_accuracy: 0.5,
+        "file:proxy.csv": 0.5}``. Pruning always reads the validation accuracy.
+    sampler: ``tpe`` or ``random``. seed: the sampler's seed (null = train.seed).
+    startup_trials: random trials before TPE models the results (null = a third of ``trials``, 2..10).
+    enqueue: configurations tried first, each a mapping over some of the space's keys (named
+        choices by name, others by value), e.g. the report's recipe.
+    retries: times a trial whose process was killed is retried (from its last checkpoint).
+    max_infeasible: stop after this many over-budget proposals in a row (the space is mostly over budget).
+    pruner: see :class:`PrunerConfig`.
+    """
+
+    space: dict = field(default_factory=dict)
+    trials: int = 20
+    objective: Any = "val_accuracy"
+    sampler: str = "tpe"
+    seed: Optional[int] = None
+    startup_trials: Optional[int] = None
+    enqueue: list = field(default_factory=list)
+    retries: int = 1
+    max_infeasible: int = 50
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+
+    def __post_init__(self):
+        _check(self.trials >= 0, "search.trials", "must be >= 0")
+        _check(self.sampler in ("tpe", "random"), "search.sampler", f"must be tpe|random, got {self.sampler!r}")
+        _check(self.startup_trials is None or self.startup_trials >= 0, "search.startup_trials", "must be >= 0 or null")
+        _check(self.retries >= 0, "search.retries", "must be >= 0")
+        _check(self.max_infeasible >= 1, "search.max_infeasible", "must be >= 1")
+        _check(isinstance(self.space, dict), "search.space", "must be a mapping of config keys to choices or ranges")
+        specs = self.space = {key: _search_dimension(key, spec) for key, spec in self.space.items()}
+        objective_terms(self.objective)
+        _check(isinstance(self.enqueue, list), "search.enqueue", "must be a list of mappings")
+        for i, point in enumerate(self.enqueue):
+            where = f"search.enqueue[{i}]"
+            _check(isinstance(point, dict), where, "must map search.space keys to values")
+            for key, value in point.items():
+                _check(key in specs, f"{where}.{key}", f"is not a key of search.space ({', '.join(specs) or 'empty'})")
+                spec = specs[key]
+                if "choices" in spec:
+                    ok = value in spec["choices"] if isinstance(spec["choices"], dict) else value in spec["choices"]
+                    _check(ok, f"{where}.{key}", f"must be one of search.space.{key}.choices, got {value!r}")
+                else:
+                    _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                           and spec["low"] <= value <= spec["high"], f"{where}.{key}",
+                           f"must be a number in [{spec['low']}, {spec['high']}], got {value!r}")
+
+
+def objective_terms(objective) -> list[tuple[str, float]]:
+    """``search.objective`` as ``[(term, weight)]``; a :class:`ConfigError` names a bad term."""
+    items = [(objective, 1.0)] if isinstance(objective, str) else (
+        list(objective.items()) if isinstance(objective, dict) else None)
+    _check(bool(items), "search.objective", "must be val_accuracy, val_macro_f1, file:PATH or a mapping {term: weight}")
+    terms = []
+    for term, weight in items:
+        _check(isinstance(term, str) and (term in SEARCH_OBJECTIVES or (term.startswith("file:") and len(term) > 5)),
+               "search.objective", f"unknown term {term!r}; use val_accuracy, val_macro_f1 or file:PATH")
+        _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+               f"search.objective.{term}", f"weight must be a number, got {weight!r}")
+        terms.append((term, float(weight)))
+    _check(any(w != 0 for _, w in terms), "search.objective", "needs a non-zero weight")
+    return terms
+
+
+def config_field_type(key: str):
+    """The annotation of the config field ``key`` (``lora.r`` -> int); a :class:`ConfigError` when
+    ``key`` names no field or names a whole section."""
+    cls, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise ConfigError(f"config key 'search.space.{key}': '{'.'.join(parts[:i + 1])}' is not a config key; "
+                              f"valid keys here: {', '.join(sorted(hints))}")
+        tp = hints[part]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"config key 'search.space.{key}': '{'.'.join(parts[:i + 1])}' has no sub-keys")
+            cls = tp
+    if dataclasses.is_dataclass(tp) or key.startswith("search.") or key in ("name", "output_dir"):
+        raise ConfigError(f"config key 'search.space.{key}': a search dimension must be a single setting "
+                          "(e.g. lora.r), not a section, the search itself, name or output_dir")
+    return tp
+
+
+def _search_dimension(key: str, spec) -> dict:
+    where = f"search.space.{key}"
+    tp = config_field_type(key)
+    _check(isinstance(spec, dict), where, "must be {choices: [...]} or a range {low: L, high: H[, log: true, step: S]}")
+    unknown = sorted(set(spec) - {"choices", "low", "high", "log", "step"})
+    _check(not unknown, f"{where}.{unknown[0] if unknown else ''}", "unknown; use choices, or low/high/log/step")
+    if "choices" in spec:
+        _check(not set(spec) & {"low", "high", "log", "step"}, where, "takes either choices or low/high, not both")
+        choices = spec["choices"]
+        _check(isinstance(choices, (list, dict)) and len(choices) > 0, f"{where}.choices",
+               "must be a non-empty list of values or a mapping {name: value}")
+        values = choices.values() if isinstance(choices, dict) else choices
+        for v in values:
+            _coerce(v, tp, f"{where}.choices")
+        return spec
+    _check("low" in spec and "high" in spec, where, "needs choices, or both low and high")
+    base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    num = base[0] if len(base) == 1 and base[0] in (int, float) else None
+    _check(num is not None, where, f"a range needs an int or float key; {key} is {_type_name(tp)} (use choices)")
+    low, high = _coerce(spec["low"], num, f"{where}.low"), _coerce(spec["high"], num, f"{where}.high")
+    _check(low < high, where, f"low must be < high, got {low} and {high}")
+    log_scale = _coerce(spec.get("log", False), bool, f"{where}.log")
+    _check(not log_scale or low > 0, f"{where}.low", "must be > 0 on a log scale")
+    if spec.get("step") is not None:
+        step = _coerce(spec["step"], num, f"{where}.step")
+        _check(step > 0 and not log_scale, f"{where}.step", "must be > 0, and not combined with log: true")
+        return {"low": low, "high": high, "step": step}
+    return {"low": low, "high": high, "log": log_scale}
+
+
+@dataclass
 class Config:
     """One experiment. ``name`` names the run folder ``<output_dir>/<name>``."""
 
@@ -367,6 +529,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -506,6 +669,59 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: tuple[str, 
     except ConfigError as e:
         where = f" (in {path})" if path else ""
         raise ConfigError(f"{e}{where}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Keys that fix the shape of the saved adapter and head: a run folder trained with other values
+# cannot be resumed (its checkpoints would not load) and must not be mixed with a new run.
+ADAPTER_SHAPE_KEYS = ("model.name", "data.labels", "lora.")
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple]:
+    """Keys whose values differ between two configs: ``{key: (old, new)}``."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
+    """Check, before anything is read or written, that ``cfg.run_dir`` can hold this run.
+
+    The folder must be creatable and writable. When it already holds a run (``config.yaml``)
+    whose adapter shape differs (model, labels, any ``lora.*`` key), the run is refused with the
+    differing keys named, unless ``fresh`` (the old run will be replaced). Other differences are
+    allowed: the run continues from the folder's last complete checkpoint.
+    """
+    from lorafit.errors import RunConflictError
+    from lorafit.io_utils import check_writable
+
+    run_dir = cfg.run_dir
+    check_writable(run_dir, "run folder (output_dir/name)", folder=True)
+    saved = run_dir / "config.yaml"
+    if fresh or not saved.is_file():
+        return run_dir
+    try:
+        old = load_config(saved)
+    except ConfigError as e:
+        raise RunConflictError(f"run folder '{run_dir}' holds a config this version cannot read ({e}); "
+                               "pass --fresh to replace that run, or choose another name=") from None
+    changes = config_changes(old, cfg)
+    shape = {k: v for k, v in changes.items() if k.startswith(ADAPTER_SHAPE_KEYS)}
+    if shape:
+        diff = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in shape.items())
+        raise RunConflictError(f"run folder '{run_dir}' holds a run with another adapter shape ({diff}); "
+                               "pass --fresh to replace that run (its model and checkpoints are deleted), "
+                               "or choose another name=")
+    return run_dir
 
 
 def save_config(cfg: Config, path: Path) -> None:

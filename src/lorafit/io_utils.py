@@ -29,12 +29,7 @@ _FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28
 _TORCH_WRITE_FAILED = ("pytorchstreamwriter failed", "unexpected pos", "iostream error", "file write failed")
 
 
-class DiskFullError(OSError):
-    """No space left while writing ``path``; nothing partial was left behind. ``str()`` is the
-    one-paragraph message (no ``[Errno 28]`` prefix)."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
+from lorafit.errors import DiskFullError, OutputError  # noqa: E402  (DiskFullError re-exported)
 
 
 def _disk_full(path: Path | str | None, exc: Optional[BaseException] = None) -> DiskFullError:
@@ -57,6 +52,41 @@ def _existing(p: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def check_writable(path: os.PathLike | str, what: str = "output", folder: bool = False) -> Path:
+    """Raise :class:`OutputError` unless ``path`` can be created or replaced: a file path must not
+    be an existing folder (``folder=False``) and a folder path not an existing file; the nearest
+    existing parent must be a folder we can create files in (tried for real: permission bits say
+    nothing for root or read-only mounts). Nothing is left behind. Returns ``path``."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{what} '{path}' is a file, not a folder; choose another path")
+    if not folder and path.is_dir():
+        raise OutputError(f"{what} '{path}' is a folder; give a file path such as '{path / 'submission.csv'}'")
+    parent = _existing(path if folder else path.parent)
+    if not parent.is_dir():
+        raise OutputError(f"{what} '{path}' cannot be created: '{parent}' is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lorafit-write-check-", dir=parent)
+    except OSError as e:
+        if _is_full(e):
+            raise _disk_full(path, e) from None
+        raise OutputError(f"{what} '{path}' cannot be written: folder '{parent}' is not writable "
+                          f"({e.strerror or e}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _output_error(path: Path, e: OSError) -> Optional[OutputError]:
+    """The :class:`OutputError` for an OS error that means ``path`` cannot be written, else None."""
+    reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+              errno.ENOTDIR: "a parent is a file, not a folder", errno.EISDIR: "it is a folder",
+              errno.EEXIST: "a parent is a file, not a folder"}.get(e.errno)
+    if reason is None:
+        return None
+    return OutputError(f"cannot write '{path}': {reason}; choose another output path")
 
 
 def _is_full(e: BaseException) -> bool:
@@ -159,20 +189,23 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     except OSError as e:
         if _is_full(e):
             raise _disk_full(path, e) from None
-        raise
+        raise (_output_error(path, e) or e) from None
     try:
         yield tmp
-        if tmp.is_dir():
-            old = None
-            if path.exists() or path.is_symlink():
-                old = path.with_name(f".{path.name}.old")
-                _remove(old)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                _remove(old)
-        else:
-            os.replace(tmp, path)
+        try:
+            if tmp.is_dir():
+                old = None
+                if path.exists() or path.is_symlink():
+                    old = path.with_name(f".{path.name}.old")
+                    _remove(old)
+                    os.replace(path, old)
+                os.replace(tmp, path)
+                if old is not None:
+                    _remove(old)
+            else:
+                os.replace(tmp, path)
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as e:  # a file onto a folder, ...
+            raise (_output_error(path, e) or e) from None
         _fsync_dir(path.parent)
     except DiskFullError:
         raise

@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 _KNOWN_CONFIGS = Path(__file__).parent / "model_configs"
 
 
-class ModelError(ValueError):
-    """A model cannot be found or loaded; the message says where it looked and what to do."""
+from lorafit.errors import ModelError  # noqa: E402  (re-exported: lorafit.model.ModelError)
 
 
 def minilm_path() -> Path:
@@ -114,6 +113,10 @@ def load_base_model(cfg: Config, weights: bool = True):
     """
     labels = list(map(str, cfg.data.labels))
     mcfg = load_model_config(cfg.model.name, len(labels), labels)
+    limit = position_limit(mcfg)
+    if limit is not None and cfg.model.max_length > limit:
+        raise ModelError(f"config key 'model.max_length': {cfg.model.max_length} is more tokens than model "
+                         f"'{cfg.model.name}' can encode ({limit} positions); set model.max_length <= {limit}")
     if cfg.model.attn_implementation:
         mcfg._attn_implementation = cfg.model.attn_implementation
     if not weights:
@@ -131,6 +134,18 @@ def load_base_model(cfg: Config, weights: bool = True):
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
     return base
+
+
+def position_limit(mcfg: PretrainedConfig) -> Optional[int]:
+    """Most tokens per text the model's absolute position embeddings allow, or None when it has
+    none. RoBERTa-style models number positions from ``pad_token_id + 1`` (514 embeddings hold
+    512 tokens)."""
+    n = getattr(mcfg, "max_position_embeddings", None)
+    if not isinstance(n, int) or getattr(mcfg, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if mcfg.model_type in ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"):
+        n -= (mcfg.pad_token_id or 0) + 1
+    return n
 
 
 def build_model(cfg: Config, weights: bool = True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,13 +21,14 @@ import datasets
 import numpy as np
 
 from lorafit.budget import check_budget
-from lorafit.config import CleanConfig, Config, save_config
-from lorafit.data import prepare_data
+from lorafit.config import CleanConfig, Config, check_run_dir, save_config
+from lorafit.data import PreparedData, prepare_data
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
 from lorafit.predict import (for_inference, predict_logits, predict_target, predict_with_config, softmax,
                              write_submission)
-from lorafit.report import classification_metrics, distribution, plot_confusion, plot_curves
+from lorafit.report import (StageTimer, classification_metrics, distribution, environment, plot_confusion, plot_curves,
+                             write_model_card, write_report)
 from lorafit.selftrain import pseudo_labeled_set, with_training_columns
 from lorafit.train import save_trained, teacher_logits, train_model
 
@@ -70,24 +72,39 @@ def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
 
-def run(cfg: Config, prepared=None) -> dict:
-    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json."""
-    t0 = time.time()
+def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = False,
+        timer: Optional[StageTimer] = None, callbacks: Optional[list] = None) -> dict:
+    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json.
+
+    ``prepared``: the data stage's result when the caller already ran it (the CLI does, to fail
+    fast on bad data before the model stack is imported). ``fresh``: replace a previous run in
+    the run folder instead of continuing it (see :func:`lorafit.config.check_run_dir`). ``timer``: the
+    caller's :class:`StageTimer` when it timed stages before this call (the CLI times the data stage).
+    ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
+    timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds
     names = list(map(str, cfg.data.labels))
     k = len(names)
-    budget = check_budget(cfg)  # before any weight or data is loaded
-    data = prepared or prepare_data(cfg)
+    run_dir = check_run_dir(cfg, fresh)  # writable, and not another adapter shape's run folder
+    data = prepared or prepare_data(cfg)  # a bad data file fails here, before the model stack loads
     log.info("data: %s", data.stats)
+    timer.lap("data" if prepared is None else "startup")  # startup: importing the model stack after the CLI's data stage
+    from lorafit.augment import check_augment_inputs
+
+    check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
+    budget = check_budget(cfg)  # before any weight is loaded
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, weights=True)
     trainable, _ = model.get_nb_trainable_parameters()
     assert trainable == budget.trainable, "budget count and loaded model disagree"
-    run_dir = cfg.run_dir
+    timer.lap("model")
     # Under torchrun/accelerate every process runs this recipe; only the first one writes files.
     is_main = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _check_augmentation_ready(cfg, run_dir)
     if is_main:
+        if fresh and run_dir.exists():
+            log.info("--fresh: removing the previous run in %s", run_dir)
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
@@ -102,13 +119,15 @@ def run(cfg: Config, prepared=None) -> dict:
     if is_main:
         save_dataset(train, run_dir / "data" / "train")
         save_dataset(data.val, run_dir / "data" / "val")
+    timer.lap("augment" if aug_report else "data")
 
     # ---- train
     train_in = _attach_teacher(cfg, train, run_dir)
     t_train = time.time()
-    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints")
+    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", callbacks=callbacks)
     train_seconds = time.time() - t_train
     history = list(trainer.state.log_history)
+    timer.lap("train")
 
     # ---- self-training on the target set
     rounds = []
@@ -134,15 +153,21 @@ def run(cfg: Config, prepared=None) -> dict:
             log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
                      r, info["kept_per_class"], before, info["target_distribution_after"])
             rounds.append(info)
+        timer.lap("selftrain")
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
         return {}
     save_trained(model, tokenizer, history, run_dir)
+    # the adapter gets its model card at once; the results are added when they exist (below)
+    write_model_card(run_dir, cfg, {"budget": budget.to_dict(), "data": data.stats, "train_rows": len(train),
+                                    "augment": aug_report})
     model = for_inference(model, cfg.train.precision, merge=cfg.predict.merge_lora)  # training is over
+    timer.lap("save")
 
     # ---- evaluate
     val_metrics = evaluate(model, tokenizer, cfg, data.val)
     plot_confusion(val_metrics["confusion_matrix"], names, run_dir / "confusion_matrix.png")
     plot_curves(history, run_dir / "curves.png")
+    timer.lap("evaluate")
     metrics = {
         "val_accuracy": val_metrics["accuracy"],
         "val_macro_f1": val_metrics["macro_f1"],
@@ -166,9 +191,17 @@ def run(cfg: Config, prepared=None) -> dict:
         metrics["target"] = {"rows": len(data.target), "predicted_distribution": distribution(preds, k),
                              "raw_distribution": distribution(probs.argmax(1), k),
                              "mean_confidence": float(probs.max(1).mean()), "prior": prior_info}
-    metrics["wall_seconds"] = round(time.time() - t0, 1)
+        timer.lap("predict")
+    metrics["stage_seconds"] = dict(timer.seconds)
+    metrics["environment"] = environment()
+    metrics["wall_seconds"] = round(timer.total(), 1)
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "summary.md", summary(cfg, metrics))
+    write_model_card(run_dir, cfg, metrics)
+    try:  # the run's results are saved; a report that cannot be drawn must not fail the run
+        write_report(run_dir, target_texts=data.target["text"][:] if data.target is not None else None)
+    except Exception:
+        log.exception("could not write %s; retry with `lorafit report %s`", run_dir / "report.html", run_dir)
     return metrics
 
 
@@ -212,5 +245,5 @@ def summary(cfg: Config, m: dict) -> str:
         lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")
     for r in m.get("selftrain", []):
         lines.append(f"- self-training round {r['round']}: kept {r['kept_per_class']} per class")
-    lines.append(f"- files: {cfg.run_dir}/ (config.yaml, metrics.json, confusion_matrix.png, curves.png, model/)")
+    lines.append(f"- files: {cfg.run_dir}/ (report.html, config.yaml, metrics.json, curves.png, model/)")
     return "\n".join(lines) + "\n"

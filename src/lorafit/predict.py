@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lorafit.config import CleanConfig
-from lorafit.data.clean import clean_text
+from lorafit.data.clean import clean_text, clip_text
 from lorafit.io_utils import atomic_write_text
 from lorafit.model import pick_precision
 
@@ -144,6 +144,7 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
     small to keep several cores busy (2 cores: ~1.15x more texts/s). Each batch's numbers do not
     depend on which thread ran it, so the result is the same for any number of workers.
     """
+    texts = [clip_text(t, max_length) for t in texts]
     if clean is not None and clean.enabled:
         texts = [clean_text(t, clean.truncate_words) for t in texts]
     if len(texts) == 0:

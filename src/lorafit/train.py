@@ -7,10 +7,13 @@ with teacher logits computed once and cached next to the data (see :func:`teache
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -22,11 +25,14 @@ from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
 from lorafit.config import Config
+from lorafit.data.clean import clip_text
+from lorafit.errors import Interrupted
 from lorafit.io_utils import atomic_path, atomic_write_json
 from lorafit.model import pick_precision
 
@@ -43,7 +49,7 @@ def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Datas
     ``length`` column used for length-grouped batching."""
 
     def enc(batch):
-        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out = tokenizer([clip_text(t, max_length) for t in batch["text"]], truncation=True, max_length=max_length)
         out["length"] = [len(x) for x in out["input_ids"]]
         return out
 
@@ -201,19 +207,68 @@ def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Opti
     )
 
 
+class SaveAndStop(TrainerCallback):
+    """Checkpoint every ``save_steps`` steps (``train.save_steps``), and on SIGINT/SIGTERM save a
+    checkpoint at the end of the current step and stop, so an interrupted run resumes from there.
+    A second signal interrupts at once (the previous handler)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, save_steps: Optional[int] = None):
+        self.save_steps = save_steps
+        self.received: Optional[str] = None
+        self._previous: dict = {}
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield self
+            return
+        self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, h in self._previous.items():
+                signal.signal(s, h)
+
+    def _on_signal(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        for s, h in self._previous.items():  # a second signal acts as it did before training
+            signal.signal(s, h)
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                    "(send it again to stop at once)", self.received)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+        elif self.save_steps and state.global_step % self.save_steps == 0:
+            control.should_save = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.received:  # saved at the step already; skip the end-of-epoch evaluation
+            control.should_evaluate = False
+            control.should_save = False
+        return control
+
+
 def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
-                out_dir: Path, epochs: Optional[float] = None, resume: Optional[bool] = None):
+                out_dir: Path, epochs: Optional[float] = None, resume: Optional[bool] = None,
+                callbacks: Optional[list] = None):
     """Train ``model`` (a PEFT model) in place; checkpoints go to ``out_dir``. Returns the trainer.
 
     ``train_ds``/``val_ds`` carry ``text`` and ``label`` (and optionally ``weight``,
     ``soft_labels``, ``teacher_logits``). Resumes from the last checkpoint in ``out_dir`` when
-    ``train.resume`` is set.
+    ``train.resume`` is set. ``callbacks``: extra ``TrainerCallback`` objects (e.g. the search's
+    pruning callback).
     """
     set_seed(cfg.train.seed)
     tr = tokenize(train_ds, tokenizer, cfg.model.max_length)
     va = tokenize(val_ds.select_columns(["text", "label"]), tokenizer, cfg.model.max_length) if val_ds is not None else None
     args = training_arguments(cfg, out_dir, len(tr), epochs, eval_enabled=va is not None)
-    callbacks = []
+    stopper = SaveAndStop(cfg.train.save_steps)
+    callbacks = [stopper, *(callbacks or [])]
     if cfg.train.early_stopping_patience and va is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     d = cfg.train.distill
@@ -233,7 +288,12 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     last = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    with stopper.handling_signals():
+        trainer.train(resume_from_checkpoint=last)
+    if stopper.received:
+        saved = last_complete_checkpoint(out_dir)
+        raise Interrupted(f"interrupted by {stopper.received} at step {trainer.state.global_step}: saved checkpoint "
+                          f"'{saved}'; run the same command again to resume from it")
     return trainer
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, sample_lengths
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.select import select_samples
-from lorafit.augment.synonyms import WordNetError, synonym_augment
+from lorafit.augment.synonyms import WordNetError, synonym_augment, synonym_finder
 from lorafit.config import Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
@@ -95,6 +95,30 @@ def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank:
         top_k=g.top_k, top_p=g.top_p, temperature=g.temperature, repetition_penalty=g.repetition_penalty,
         batch_size=g.batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size,
     )
+
+
+def check_augment_inputs(cfg: Config, has_target: bool) -> None:
+    """Check what the enabled augmentation steps will read, before the run folder is made: the
+    synonym lexicon (or ``wordnet_dir``), the prompt bank, the ``extra`` files, the teacher, and
+    that LM adaptation has target texts. A bad one fails here, in a second, not after training
+    an LM; the errors name the key and file."""
+    a = cfg.augment
+    if a.synonyms.enabled:
+        synonym_finder(a.synonyms.wordnet_dir)  # cached: the stage reuses it
+    if a.lm.enabled and not has_target:
+        raise ConfigError("config key 'augment.lm.enabled' needs the unlabeled target texts; set data.target, "
+                          "or disable augment.lm.")
+    if a.generate.enabled:
+        load_prompt_bank(a.generate.prompts, [str(label) for label in cfg.data.labels])
+    for spec in a.extra:
+        load_labeled(spec, labels=cfg.data.labels, allow_pickle=cfg.data.allow_pickle)
+    for key, teacher in (("augment.select.teacher", a.select.enabled and a.select.teacher),
+                         ("train.distill.teacher", cfg.train.distill.enabled and cfg.train.distill.teacher)):
+        # a path (not a Hub id): relative/absolute, or under output_dir where lorafit's runs live
+        local = teacher and (teacher.startswith((".", "/", "~")) or Path(teacher).parts[:1] == Path(cfg.output_dir).parts[:1])
+        if local and not Path(teacher).expanduser().exists():
+            raise ConfigError(f"config key '{key}': teacher '{teacher}' does not exist; point it at a trained run "
+                              "folder (runs/<name>) or a classifier model folder")
 
 
 def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional[datasets.Dataset], run_dir: Path,

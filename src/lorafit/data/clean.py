@@ -96,3 +96,17 @@ def clean_texts(texts: Iterable[str], truncate_words: Optional[int] = None) -> l
 
 def word_count(text: str) -> int:
     return len(text.split())
+
+
+# No token of the tokenizers in use covers more than a few dozen characters of cleaned text (WordPiece
+# marks a word over 100 characters as one unknown token; byte-level BPE merges are shorter), so the
+# first ``max_length`` tokens of a text lie within its first ``CHARS_PER_TOKEN * max_length`` characters.
+CHARS_PER_TOKEN = 64
+
+
+def clip_text(text: str, max_length: int) -> str:
+    """``text`` cut to ``CHARS_PER_TOKEN * max_length`` characters: generously more than
+    ``max_length`` tokens can use, so tokenizing costs what a normal row costs (a 50 MB line is
+    not tokenized whole only to be truncated) and the tokens kept are unchanged."""
+    limit = CHARS_PER_TOKEN * max_length
+    return text if len(text) <= limit else text[:limit]

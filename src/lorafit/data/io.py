@@ -33,8 +33,7 @@ TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class DataError(ValueError):
-    """Bad or unreachable input data; the message names the file/row/column and the fix."""
+from lorafit.errors import DataError  # noqa: E402  (re-exported: lorafit.data.io.DataError)
 
 
 def resolve_path(spec: str) -> Path:

@@ -11,8 +11,8 @@ import datasets
 import numpy as np
 
 from lorafit.config import Config
-from lorafit.data.clean import clean_text, word_count
-from lorafit.data.io import load_labeled, load_unlabeled
+from lorafit.data.clean import clean_text, clip_text, word_count
+from lorafit.data.io import DataError, load_labeled, load_unlabeled
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,12 @@ def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 def clean_dataset(ds: datasets.Dataset, cfg: Config) -> datasets.Dataset:
     """Apply the configured cleaning to the ``text`` column (the same function predict uses)."""
-    if not cfg.clean.enabled and cfg.clean.truncate_words is None:
-        return ds
+    texts = [clip_text(t, cfg.model.max_length) for t in ds["text"]]  # cleaning a 50 MB line is wasted work
     tw = cfg.clean.truncate_words
     if cfg.clean.enabled:
-        texts = [clean_text(t, tw) for t in ds["text"]]
-    else:
-        texts = [" ".join(t.split()[:tw]) for t in ds["text"]]
+        texts = [clean_text(t, tw) for t in texts]
+    elif tw is not None:
+        texts = [" ".join(t.split()[:tw]) for t in texts]
     cols = ds.to_dict()
     cols["text"] = texts
     return datasets.Dataset.from_dict(cols, features=ds.features)
@@ -107,9 +106,29 @@ def prepare_data(cfg: Config) -> PreparedData:
     stats.update(train_rows=len(train), val_rows=len(val),
                  train_label_counts=label_counts(train, len(d.labels)),
                  val_label_counts=label_counts(val, len(d.labels)))
-    if len(train) == 0:
-        raise ValueError("no training rows left after cleaning and the length filter; loosen clean.min_words/max_words")
+    check_splits(cfg, stats)
     return PreparedData(train, val, target, stats)
+
+
+def check_splits(cfg: Config, stats: dict) -> None:
+    """Refuse, before any training, a split that cannot train or be evaluated: no training rows,
+    a class with no training row (the model could never predict it, and its prior would be 0),
+    or an empty validation set. The messages give the counts."""
+    d = cfg.data
+    if stats["train_rows"] == 0:
+        raise DataError(f"no training rows left from '{d.source}' ({stats['source_rows']:,} rows, "
+                        f"{stats['dropped_by_length']:,} dropped by clean.min_words/max_words); "
+                        "loosen the length filter or check data.source")
+    missing = [f"{d.labels[i]!r} (label {i})" for i, n in enumerate(stats["train_label_counts"]) if n == 0]
+    if missing:
+        raise DataError(f"the training set from '{d.source}' has no row of class {', '.join(missing)} "
+                        f"(rows per class: {stats['train_label_counts']}); every class in data.labels needs "
+                        "training rows: add some, or remove the class from data.labels")
+    if stats["val_rows"] == 0:
+        where = (f"data.validation '{d.validation}' has no rows" if d.validation else
+                 f"data.val_fraction={d.val_fraction} of {stats['train_rows']:,} training rows "
+                 f"(per class {stats['train_label_counts']}) holds out none")
+        raise DataError(f"the validation set is empty: {where}; give data.validation or more source rows")
 
 
 def label_counts(ds: datasets.Dataset, k: int) -> list[int]:
