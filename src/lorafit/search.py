@@ -1,0 +1,687 @@
+"""Budget-aware hyperparameter search on Optuna (``lorafit search CONFIG --trials N``).
+
+The space is the config's ``search.space`` (see :class:`lorafit.config.SearchConfig`). Each trial:
+
+1. samples the space and builds the trial's config (the base config plus ``key=value`` overrides);
+2. counts its trainable parameters from the config alone, on the meta device
+   (:func:`lorafit.budget.count_budget`, the count ``lorafit budget`` prints). A trial over
+   ``budget.max_trainable`` is pruned at once with the user attribute ``infeasible``: no weight is
+   loaded, no folder written, and it does not count towards ``--trials``;
+3. otherwise trains as a normal run folder ``<output_dir>/<name>/trial-<n>/`` (``pipeline.run``),
+   reporting the validation accuracy of every evaluation to Optuna, whose pruner (median by
+   default) stops poor trials early;
+4. returns the objective (validation accuracy, accuracy on a labeled file, or a weighted sum).
+
+Every trial records its exact trainable count, time and folder as user attributes.
+
+Storage: an SQLite file ``<output_dir>/<name>/search.db`` by default (transactions: a kill never
+leaves it half-written), or any database URL (``--storage postgresql://...``) for processes on
+several machines. ``--workers K`` runs K processes on this machine on one study. A rerun of the
+same command resumes: a trial whose process died (same host, pid gone; or, from any host, no
+heartbeat for 3 minutes) is marked failed and re-queued once with the same parameters, continuing
+from its folder's last checkpoint.
+
+Results (``<output_dir>/<name>/``): ``leaderboard.csv``, ``search.png`` (objective against
+trainable parameters, Pareto front marked) and ``best.yaml``, the best trial's config, which
+``lorafit run best.yaml`` takes as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import typing
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from lorafit.config import (Config, ConfigError, SearchConfig, config_field_type, load_config, merge_overrides,
+                            objective_terms)
+from lorafit.io_utils import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 60  # a trial without a heartbeat for GRACE_SECONDS is stale (its process died)
+GRACE_SECONDS = 180
+_PRIMITIVE = (type(None), bool, int, float, str)
+
+
+# ------------------------------------------------------------------ the space
+
+
+@dataclasses.dataclass
+class Dimension:
+    """One ``search.space`` entry. Choices that are not plain values (lists such as target
+    modules) are given to Optuna by a label (their name, or ``query,value`` for a list)."""
+
+    key: str
+    spec: dict
+
+    @property
+    def choices(self) -> Optional[list[tuple[Any, Any]]]:
+        """``[(optuna label, config value)]`` for a choice dimension, else None."""
+        c = self.spec.get("choices")
+        if c is None:
+            return None
+        if isinstance(c, dict):
+            return [(str(k), v) for k, v in c.items()]
+        if all(isinstance(v, _PRIMITIVE) for v in c):
+            return [(v, v) for v in c]
+        labels = [_label(v) for v in c]
+        if len(set(labels)) < len(labels):
+            labels = [json.dumps(v) for v in c]
+        return list(zip(labels, c))
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Sample this dimension in ``trial``; returns the config value."""
+        choices = self.choices
+        if choices is not None:
+            label = trial.suggest_categorical(self.key, [lab for lab, _ in choices])
+            return next(v for lab, v in choices if lab == label)
+        s = self.spec
+        if self.is_int:
+            return trial.suggest_int(self.key, int(s["low"]), int(s["high"]), step=int(s.get("step") or 1),
+                                     log=bool(s.get("log")))
+        return trial.suggest_float(self.key, float(s["low"]), float(s["high"]), step=s.get("step"),
+                                   log=bool(s.get("log")))
+
+    @property
+    def is_int(self) -> bool:
+        tp = config_field_type(self.key)
+        return ([a for a in typing.get_args(tp) if a is not type(None)] or [tp])[0] is int
+
+    def param(self, value: Any) -> Any:
+        """The Optuna parameter for a ``search.enqueue`` value (a name for named choices)."""
+        choices = self.choices
+        if choices is None:
+            return value
+        if isinstance(self.spec["choices"], dict):
+            return str(value)
+        return next(lab for lab, v in choices if v == value)
+
+    def values(self) -> list:
+        """Values worth checking before the search: every choice, or both ends of a range."""
+        choices = self.choices
+        return [v for _, v in choices] if choices is not None else [self.spec["low"], self.spec["high"]]
+
+
+def _label(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) if v else "[]"
+    return str(v)
+
+
+def dimensions(cfg: Config) -> list[Dimension]:
+    return [Dimension(k, spec) for k, spec in cfg.search.space.items()]
+
+
+def override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is YAML: lists, null and numbers read back as they were
+
+
+def check_space(config: Optional[Path], overrides: list[str], cfg: Config) -> list[Dimension]:
+    """Fail in the first second when a choice or a range end makes the config invalid (e.g. ``lora.r: 0``)
+    or the space is empty; returns the dimensions."""
+    dims = dimensions(cfg)
+    if not dims:
+        raise ConfigError("config key 'search.space' is empty; declare what to search, e.g. "
+                          "search: {space: {lora.r: {low: 2, high: 32, log: true}}}")
+    for d in dims:
+        for v in d.values():
+            try:
+                load_config(config, merge_overrides(overrides, [override(d.key, v)]))
+            except ConfigError as e:
+                raise ConfigError(f"config key 'search.space.{d.key}': the value {v!r} makes an invalid config: {e}") \
+                    from None
+    for term, _ in objective_terms(cfg.search.objective):
+        if term.startswith("file:") and not Path(term[5:]).exists():
+            raise ConfigError(f"config key 'search.objective': file '{term[5:]}' does not exist")
+    return dims
+
+
+# ------------------------------------------------------------------ pruning
+
+
+class PruningCallback(TrainerCallback):
+    """Reports the validation accuracy of each evaluation to the trial and stops the run when the
+    pruner says so (``optuna.TrialPruned`` propagates out of ``Trainer.train``)."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        acc = (metrics or {}).get("eval_accuracy")
+        if acc is None:
+            return
+        self.trial.report(float(acc), step=state.global_step)
+        # the last evaluation ends training anyway: the trial then completes (and counts for the median)
+        if state.global_step < state.max_steps and self.trial.should_prune():
+            raise optuna.TrialPruned(f"validation accuracy {acc:.4f} at step {state.global_step}")
+
+
+def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(p.n_startup_trials, p.n_warmup_steps, p.interval_steps)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, p.n_startup_trials, p.n_warmup_steps, p.interval_steps)
+    if p.type == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=p.lower, n_warmup_steps=p.n_warmup_steps,
+                                              interval_steps=p.interval_steps)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(cfg: Config, trials: int, offset: int) -> optuna.samplers.BaseSampler:
+    # Workers and resumed runs get their own seed: the same seed would repeat the same proposals.
+    seed = (cfg.search.seed if cfg.search.seed is not None else cfg.seed) + offset
+    if cfg.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = cfg.search.startup_trials
+    if startup is None:
+        startup = min(10, max(2, trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+
+
+# ------------------------------------------------------------------ storage and study
+
+
+def default_storage(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'search.db').resolve()}"
+
+
+def open_storage(url: str, retries: int) -> optuna.storages.RDBStorage:
+    kwargs = {}
+    if url.startswith("sqlite"):  # several local workers share the file: wait for a writer's lock
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                          heartbeat_stale_trial_callback=partial(requeue, retries=retries), **kwargs)
+
+
+def requeue(study: optuna.Study, trial, retries: int) -> None:
+    """Queue a trial whose process died again with the same parameters and run folder (it resumes
+    from that folder's last checkpoint), at most ``retries`` times per original trial."""
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    if attempt > retries:
+        log.warning("trial %d failed (its process died) and was retried %d time(s) already; not again",
+                    trial.number, attempt - 1)
+        return
+    log.info("trial %d: its process died; queued again with the same parameters", trial.number)
+    study.enqueue_trial(dict(trial.params), user_attrs={
+        "folder": trial.user_attrs.get("folder", f"trial-{trial.number}"), "attempt": attempt + 1,
+        "retry_of": trial.number})
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def reap_dead_trials(study: optuna.Study, retries: int) -> list[int]:
+    """Mark RUNNING trials whose process on this host is gone as failed (and re-queue them) at
+    once, without waiting for the heartbeat's grace period. Returns their numbers."""
+    host, storage, reaped = socket.gethostname(), study._storage, []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", f"process {pid} died while it ran the trial")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker reaped it first
+            continue
+        reaped.append(t.number)
+        requeue(study, storage.get_trial(t._trial_id), retries)
+    return reaped
+
+
+def is_infeasible(t) -> bool:
+    return t.state == TrialState.PRUNED and "infeasible" in t.user_attrs
+
+
+def progress(study: optuna.Study) -> tuple[int, int]:
+    """(trained trials: completed or pruned by the pruner, trials running now)."""
+    trials = study.get_trials(deepcopy=False)
+    trained = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and not is_infeasible(t))
+                  for t in trials)
+    return trained, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+# ------------------------------------------------------------------ one trial
+
+
+class Searcher:
+    """One worker: runs trials of the study until ``trials`` have trained (or are running)."""
+
+    def __init__(self, config: Optional[Path], overrides: list[str], cfg: Config, study: optuna.Study,
+                 study_dir: Path, trials: int):
+        self.config, self.overrides, self.cfg = config, overrides, cfg
+        self.study, self.study_dir, self.trials = study, study_dir, trials
+        self.dims = dimensions(cfg)
+        self._data: dict[str, Any] = {}
+        self._files: dict[str, Any] = {}
+        self._lock = None
+        self.last_trial: Optional[int] = None
+
+    def trial_config(self, values: dict, folder: str, name: Optional[str] = None,
+                     output_dir: Optional[str] = None) -> Config:
+        extra = [override(k, v) for k, v in values.items()]
+        own = [*extra, f"output_dir={output_dir or self.study_dir}", f"name={name or folder}"]
+        return load_config(self.config, merge_overrides(self.overrides, own))  # the trial's keys win
+
+    def prepared(self, cfg: Config):
+        """The data stage once per worker for every trial that shares its data settings."""
+        from lorafit.data import prepare_data
+
+        key = json.dumps([cfg.data.model_dump(), cfg.clean.model_dump(), cfg.seed], sort_keys=True)
+        if key not in self._data:
+            self._data = {key: prepare_data(cfg)}  # keep one: a search rarely varies the data
+        return self._data[key]
+
+    def objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        self.last_trial = trial.number
+        if self._lock is not None and self._lock.is_locked:  # the trial exists now: other workers may count it
+            self._lock.release(force=True)
+        values = {d.key: d.suggest(trial) for d in self.dims}
+        folder = trial.user_attrs.get("folder") or f"trial-{trial.number}"
+        trial.set_user_attr("folder", folder)
+        try:
+            cfg = self.trial_config(values, folder)
+        except ConfigError as e:
+            trial.set_user_attr("infeasible", f"invalid config: {e}")
+            raise optuna.TrialPruned(str(e)) from None
+        from lorafit.budget import count_budget
+        from lorafit.errors import LorafitError
+
+        try:
+            budget = count_budget(cfg)  # meta device: no weights, about 0.1 s
+        except LorafitError as e:
+            trial.set_user_attr("infeasible", f"model does not take this config: {e}")
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("trainable", budget.trainable)
+        trial.set_user_attr("total", budget.total)
+        if not budget.within:
+            over = budget.trainable - budget.max_trainable
+            trial.set_user_attr("infeasible", f"over budget by {over:,}")
+            log.info("trial %d: %s trainable parameters, over budget by %s: not trained",
+                     trial.number, f"{budget.trainable:,}", f"{over:,}")
+            raise optuna.TrialPruned("over budget")
+        return self._train(trial, cfg, values)
+
+    def _train(self, trial: optuna.Trial, cfg: Config, values: dict) -> float:
+        import torch
+
+        from lorafit.errors import Interrupted
+        from lorafit.pipeline import run as run_pipeline
+
+        log.info("trial %d: %s (%s trainable) -> %s", trial.number,
+                 ", ".join(f"{k}={v}" for k, v in trial.params.items()), f"{trial.user_attrs['trainable']:,}",
+                 cfg.run_dir)
+        t0 = time.time()
+        try:
+            metrics = run_pipeline(cfg, prepared=self.prepared(cfg), callbacks=[PruningCallback(trial)])
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", round(time.time() - t0, 1))
+            raise
+        except torch.OutOfMemoryError:
+            trial.set_user_attr("infeasible", "out of memory")
+            raise optuna.TrialPruned("out of memory") from None
+        except Interrupted:  # SIGINT/SIGTERM: a checkpoint was saved; a rerun continues this trial there
+            requeue(self.study, trial, retries=self.cfg.search.retries + 1)
+            raise
+        trial.set_user_attr("seconds", round(time.time() - t0, 1))
+        trial.set_user_attr("val_accuracy", metrics["val_accuracy"])
+        trial.set_user_attr("val_macro_f1", metrics["val_macro_f1"])
+        value = 0.0
+        for term, weight in objective_terms(cfg.search.objective):
+            if term.startswith("file:"):
+                score = self.file_accuracy(cfg, term[5:])
+                trial.set_user_attr(term, score)
+            else:
+                score = metrics[term]
+            value += weight * score
+        return value
+
+    def file_accuracy(self, cfg: Config, path: str) -> float:
+        """Accuracy of the trial's saved model on a labeled file (as ``lorafit evaluate``)."""
+        import numpy as np
+
+        from lorafit.data.io import load_labeled
+        from lorafit.model import load_trained
+        from lorafit.predict import predict_with_config
+
+        if path not in self._files:
+            self._files[path] = load_labeled(path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
+                                             allow_pickle=cfg.data.allow_pickle)
+        ds = self._files[path]
+        model, tok, run_cfg = load_trained(cfg.run_dir)
+        logits = predict_with_config(model, tok, run_cfg, ds["text"])
+        return float((logits.argmax(1) == np.asarray(ds["label"])).mean())
+
+    def work(self) -> int:
+        """Run trials until the study has ``trials`` trained ones; returns how many this worker ran."""
+        from filelock import FileLock
+
+        self._lock = FileLock(str(self.study_dir / ".search.lock"))
+        ran, infeasible_in_a_row = 0, 0
+        while True:
+            self._lock.acquire()  # count and start a trial as one step among this machine's workers
+            try:
+                reap_dead_trials(self.study, self.cfg.search.retries)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)  # other hosts' dead trials (heartbeat)
+                trained, running = progress(self.study)
+                if trained + running >= self.trials:
+                    return ran
+                self.last_trial = None
+                self.study.optimize(self.objective, n_trials=1, gc_after_trial=True)
+            finally:
+                if self._lock.is_locked:
+                    self._lock.release(force=True)
+            ran += 1
+            t = self.study.trials[self.last_trial] if self.last_trial is not None else None
+            infeasible_in_a_row = infeasible_in_a_row + 1 if t is not None and is_infeasible(t) else 0
+            if infeasible_in_a_row >= self.cfg.search.max_infeasible:
+                log.warning("%d proposals in a row were over budget or invalid; stopping. Narrow search.space "
+                            "(`lorafit budget CONFIG --fit` lists the largest rank per target_modules choice).",
+                            infeasible_in_a_row)
+                return ran
+
+
+# ------------------------------------------------------------------ the whole search
+
+
+def run_search(config: Optional[Path], overrides: list[str], trials: Optional[int] = None,
+               storage: Optional[str] = None, workers: int = 1, worker_index: int = 0) -> dict:
+    """Run (or resume) the study of ``config``; with ``workers`` > 1, ``workers - 1`` more processes
+    of ``lorafit search`` join it. Worker processes (``worker_index`` > 0) only run trials; the
+    first one writes the results and returns them (see :func:`write_results`)."""
+    cfg = load_config(config, overrides)
+    check_space(config, overrides, cfg)
+    n_trials = cfg.search.trials if trials is None else trials
+    if n_trials < 0:
+        raise ConfigError(f"--trials must be >= 0, got {n_trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    study_dir = cfg.run_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(study_dir)
+    store = open_storage(url, cfg.search.retries)
+    study = _load_or_create(store, cfg, study_dir, n_trials, worker_index)
+    if worker_index == 0:
+        _enqueue_once(study, cfg)
+    children = []
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        import torch
+
+        torch.set_num_threads(threads)
+        children = [_spawn(config, overrides, n_trials, url, i, threads, study_dir) for i in range(1, workers)]
+    searcher = Searcher(config, overrides, cfg, study, study_dir, n_trials)
+    try:
+        searcher.work()
+    finally:
+        failed = [(i, p.wait()) for i, p in children]
+    for i, rc in failed:
+        if rc != 0:
+            log.warning("worker %d exited with code %d; see %s", i, rc, study_dir / f"worker-{i}.log")
+    if worker_index:
+        return {}
+    return write_results(study, cfg, config, overrides, study_dir)
+
+
+def _load_or_create(store, cfg: Config, study_dir: Path, n_trials: int, worker_index: int) -> optuna.Study:
+    name = cfg.name
+    exists = name in {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    if not exists and worker_index == 0 and any(study_dir.glob("trial-*")):
+        raise ConfigError(f"'{study_dir}' holds trial folders of an earlier search, but the storage has no study "
+                          f"'{name}'; remove those folders or choose another name=")
+    offset = 1000 * worker_index
+    if exists:
+        offset += len(optuna.load_study(study_name=name, storage=store).trials)
+    study = optuna.create_study(storage=store, study_name=name, direction="maximize", load_if_exists=True,
+                                sampler=make_sampler(cfg, n_trials, offset), pruner=make_pruner(cfg.search))
+    space = json.dumps(cfg.search.space, sort_keys=True, default=str)
+    saved = study.user_attrs.get("space")
+    if saved is None and worker_index == 0:
+        study.set_user_attr("space", space)
+        study.set_user_attr("objective", json.dumps(cfg.search.objective, default=str))
+    elif saved is not None and saved != space:
+        log.warning("search.space differs from the one this study started with; earlier trials were sampled "
+                    "from the old space")
+    if exists:
+        trained, running = progress(study)
+        log.info("resuming study '%s': %d of %d trials trained, %d running", name, trained, n_trials, running)
+    return study
+
+
+def _enqueue_once(study: optuna.Study, cfg: Config) -> None:
+    if not cfg.search.enqueue or study.user_attrs.get("enqueued"):
+        return
+    dims = {d.key: d for d in dimensions(cfg)}
+    for point in cfg.search.enqueue:
+        study.enqueue_trial({k: dims[k].param(v) for k, v in point.items()}, skip_if_exists=True)
+    study.set_user_attr("enqueued", True)
+
+
+def _spawn(config, overrides, n_trials, url, index, threads, study_dir):
+    cmd = [sys.executable, "-m", "lorafit.cli", "search"]
+    if config is not None:
+        cmd.append(str(config))
+    cmd += [*overrides, "--trials", str(n_trials), "--storage", url, "--worker-index", str(index)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logf = open(study_dir / f"worker-{index}.log", "ab")
+    log.info("started worker %d (log: %s)", index, logf.name)
+    return index, subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+
+
+# ------------------------------------------------------------------ results
+
+
+STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+               TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+
+
+def leaderboard(study: optuna.Study, dims: list[Dimension]) -> list[dict]:
+    """One row per trial: the best first (completed by objective, then pruned by their last
+    validation accuracy, then infeasible, failed, running)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        state = "infeasible" if is_infeasible(t) else STATE_NAMES.get(t.state, str(t.state))
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        note = ua.get("infeasible") or ua.get("error") or ""
+        if state == "pruned" and t.intermediate_values:
+            note = f"pruned at step {max(t.intermediate_values)}"
+        if "retry_of" in ua:
+            note = (note + "; " if note else "") + f"retry of trial {ua['retry_of']}"
+        seconds = ua.get("seconds")
+        if seconds is None and t.datetime_start and t.datetime_complete and state not in ("infeasible",):
+            seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
+        # Optuna gives a pruned trial its last intermediate value; only a completed trial has an objective
+        row = {"trial": t.number, "state": state, "objective": t.value if t.state == TrialState.COMPLETE else None,
+               "val_accuracy": ua.get("val_accuracy", last), "trainable": ua.get("trainable"), "seconds": seconds}
+        row.update({d.key: t.params.get(d.key) for d in dims})
+        row.update({"folder": ua.get("folder") if state not in ("infeasible", "waiting") else None, "note": note})
+        rows.append(row)
+    order = {"complete": 0, "pruned": 1, "infeasible": 2, "failed": 3, "running": 4, "waiting": 5}
+
+    def key(r):
+        score = r["objective"] if r["state"] == "complete" else r["val_accuracy"]
+        return order.get(r["state"], 9), -(score if score is not None else -math.inf), r["trial"]
+
+    return sorted(rows, key=key)
+
+
+def pareto_front(points: list[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
+    """Points ``(trainable, objective, tag)`` that no other point beats on both (fewer or equal
+    parameters and a higher or equal objective, one strictly), by increasing trainable count."""
+    front, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_search(rows: list[dict], budget: int, path: Path, title: str = "") -> None:
+    """Objective against trainable parameters: completed trials, the Pareto front, pruned trials
+    at their last validation accuracy, infeasible ones on the x axis, and the budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    done = [(r["trainable"], r["objective"], r["trial"]) for r in rows if r["state"] == "complete"]
+    pruned = [(r["trainable"], r["val_accuracy"], r["trial"]) for r in rows
+              if r["state"] == "pruned" and r["val_accuracy"] is not None]
+    infeasible = [r["trainable"] for r in rows if r["state"] == "infeasible" and r["trainable"]]
+    ys = [y for _, y, _ in done + pruned]
+    low = min(ys) - 0.02 if ys else 0.0
+    if pruned:
+        ax.scatter([x for x, _, _ in pruned], [y for _, y, _ in pruned], marker="x", color="0.55",
+                   label="pruned (last val. accuracy)", zorder=2)
+        for x, y, n in pruned:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.45")
+    if infeasible:
+        ax.scatter(infeasible, [low] * len(infeasible), marker="|", s=200, color="tab:red",
+                   label="over budget (not trained)", zorder=2)
+    if done:
+        ax.scatter([x for x, _, _ in done], [y for _, y, _ in done], color="tab:blue", label="completed", zorder=3)
+        for x, y, n in done:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto_front(done)
+        ax.step([x for x, _, _ in front], [y for _, y, _ in front], where="post", color="tab:orange", zorder=1)
+        ax.scatter([x for x, _, _ in front], [y for _, y, _ in front], marker="*", s=160, color="tab:orange",
+                   label="Pareto front", zorder=4)
+    ax.axvline(budget, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget:,}")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("objective")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_best_config(study: optuna.Study, searcher: Searcher, cfg: Config, path: Path) -> Optional[Config]:
+    """The best completed trial's config as a plain run config (``lorafit run PATH``), or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    best = max(done, key=lambda t: (t.value, -t.user_attrs.get("trainable", 0)))
+    dims = {d.key: d for d in searcher.dims}
+    values = {}
+    for k, label in best.params.items():
+        d = dims.get(k)
+        if d is None:  # a key no longer in the space
+            continue
+        choices = d.choices
+        values[k] = next(v for lab, v in choices if lab == label) if choices is not None else label
+    best_cfg = searcher.trial_config(values, folder="", name=f"{cfg.name}-best", output_dir=cfg.output_dir)
+    best_cfg = best_cfg.model_copy(update={"search": SearchConfig()})
+    plain = best_cfg.to_dict()
+    plain.pop("search", None)  # a plain run config (its search section would be the defaults)
+    header = (f"# Best trial ({best.number}) of `lorafit search` study '{cfg.name}': objective {best.value:.4f}, "
+              f"{best.user_attrs.get('trainable', 0):,} trainable parameters.\n# Run it: lorafit run {path}\n")
+    atomic_write_text(path, header + yaml.safe_dump(plain, sort_keys=False))
+    return best_cfg
+
+
+def write_results(study: optuna.Study, cfg: Config, config: Optional[Path], overrides: list[str],
+                  study_dir: Path) -> dict:
+    """leaderboard.csv, search.png and best.yaml in ``study_dir``; returns what they hold."""
+    searcher = Searcher(config, overrides, cfg, study, study_dir, 0)
+    rows = leaderboard(study, searcher.dims)
+    write_csv(rows, study_dir / "leaderboard.csv")
+    plot_search(rows, cfg.budget.max_trainable, study_dir / "search.png",
+                title=f"lorafit search '{cfg.name}' ({cfg.model.name})")
+    best = write_best_config(study, searcher, cfg, study_dir / "best.yaml")
+    done = [r for r in rows if r["state"] == "complete"]
+    front = pareto_front([(r["trainable"], r["objective"], r["trial"]) for r in done])
+    return {"rows": rows, "best": done[0] if done else None, "pareto": [t for _, _, t in front],
+            "best_config": str(study_dir / "best.yaml") if best else None, "dir": str(study_dir),
+            "keys": [d.key for d in searcher.dims]}
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_leaderboard(result: dict, console=None) -> None:
+    """Print the leaderboard as a rich table, then where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file: do not squeeze the table into 80 columns
+            console = Console(width=max(console.width, 200))
+    pareto = set(result["pareto"])
+    table = Table(title=f"lorafit search leaderboard ({result['dir']})", title_justify="left")
+    for col, just in [("trial", "right"), ("state", "left"), ("objective", "right"), ("val acc", "right"),
+                      ("trainable", "right"), ("time s", "right")]:
+        table.add_column(col, justify=just)
+    for k in result["keys"]:
+        table.add_column(k)
+    table.add_column("note")
+
+    def pct(v):
+        return "" if v is None else f"{100 * v:.2f}%"
+
+    for r in result["rows"]:
+        star = " *" if r["state"] == "complete" and r["trial"] in pareto else ""
+        table.add_row(str(r["trial"]) + star, r["state"], pct(r["objective"]), pct(r["val_accuracy"]),
+                      "" if r["trainable"] is None else f"{r['trainable']:,}",
+                      "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+                      *[_cell(r[k]) for k in result["keys"]], r["note"])
+    console.print(table)
+    console.print("* on the Pareto front (no other trial has both fewer trainable parameters and a higher objective)")
+    d = result["dir"]
+    best_file = f", {result['best_config']}" if result["best_config"] else ""
+    console.print(f"files: {d}/leaderboard.csv, {d}/search.png{best_file}")
+    if result["best"]:
+        b = result["best"]
+        console.print(f"best: trial {b['trial']}, objective {pct(b['objective'])}, {b['trainable']:,} trainable; "
+                      f"run it with: lorafit run {result['best_config']}")
