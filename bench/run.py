@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorafit.io_utils import atomic_write_json
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TASK_NAMES = ("train", "predict", "lm_adapt", "generate")
@@ -58,7 +60,7 @@ SIZE_HELP = {
 ABLATIONS = {
     "train": ["train.group_by_length=false", "train.gradient_checkpointing=true", "train.precision=fp32",
               "train.optim=adamw_torch", "model.attn_implementation=eager"],
-    "predict": ["predict.workers=1", "predict.merge_lora=false", "train.precision=fp32",
+    "predict": ["predict.workers=1", "predict.merge_lora=false", "predict.precision=fp32",
                 "model.attn_implementation=eager"],
 }
 # the headline number of each task: (result key, unit)
@@ -283,21 +285,6 @@ def portable(obj, replacements: dict):
         for old, new in replacements.items():
             obj = obj.replace(old, new)
     return obj
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fmt(x, nd=1):

@@ -84,7 +84,7 @@ def _classifier_cfg(s: dict, style: str):
     from lorafit.config import load_config
 
     ov = [f"model.name={s['model']}", f"model.max_length={s['max_length']}", f"train.batch_size={s['batch_size']}",
-          f"train.epochs={s['train_epochs']}", f"train.seed={s['seed']}", "train.logging_steps=1000",
+          f"train.epochs={s['train_epochs']}", f"seed={s['seed']}", "train.logging_steps=1000",
           f"output_dir={s['tmp']}", f"name={style.split('+')[0]}-classifier"]
     if style == "ref":
         ov.append("model.attn_implementation=null")  # the library default, as the notebook had
@@ -204,7 +204,7 @@ def train(s: dict, style: str) -> dict:
         trainer.train()
         precision, optim = "fp32", getattr(args.optim, "value", args.optim)
     else:
-        from lorafit.model import pick_precision
+        from lorafit.precision import pick_precision
         from lorafit.train import train_model
 
         train_model(cfg, model, tokenizer, ds, None, out_dir, resume=False)
@@ -234,7 +234,8 @@ def predict(s: dict, style: str) -> dict:
     import numpy as np
     from transformers import set_seed
 
-    from lorafit.model import build_model, load_tokenizer, pick_precision
+    from lorafit.model import build_model, load_tokenizer
+    from lorafit.precision import inference_precision, pick_precision
 
     baseline = _rss_now_mb()
     texts = _read_texts(Path(s["data_dir"]) / "target" / "test_unlabelled.csv", s["n_predict"], s["seed"], False)
@@ -271,21 +272,22 @@ def predict(s: dict, style: str) -> dict:
         computed = sum(map(len, enc["input_ids"]))
         precision, batch_size, merged, workers = "fp32", 8, False, 1
     else:
-        from lorafit.predict import for_inference, padded_tokens, plan_prediction, predict_logits
+        from lorafit.precision import for_inference
+        from lorafit.predict import padded_tokens, plan_prediction, predict_logits
 
         t_m = time.perf_counter()
-        model = for_inference(model.to(device), cfg.train.precision, merge=cfg.predict.merge_lora)
+        model = for_inference(model.to(device), inference_precision(cfg), merge=cfg.predict.merge_lora)
         merge_s = round(time.perf_counter() - t_m, 3)
 
         def run(batch_texts):
             return predict_logits(model, tokenizer, batch_texts, batch_size=cfg.predict.batch_size,
-                                  max_length=s["max_length"], precision=cfg.train.precision,
+                                  max_length=s["max_length"], precision=inference_precision(cfg),
                                   workers=cfg.predict.workers)
 
         lens = [len(x) for x in tokenizer(texts, truncation=True, max_length=s["max_length"])["input_ids"]]
         batches, mult, workers = plan_prediction(lens, device, cfg.predict.batch_size, workers=cfg.predict.workers)
         real, computed = sum(lens), padded_tokens(lens, batches, mult)
-        precision, batch_size, merged = pick_precision(cfg.train.precision), cfg.predict.batch_size, cfg.predict.merge_lora
+        precision, batch_size, merged = pick_precision(inference_precision(cfg)), cfg.predict.batch_size, cfg.predict.merge_lora
     run(texts[:16])  # warm-up (one-time kernel set-up), not timed, the same for both sides
     _sync(s)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -358,7 +360,7 @@ def lm_adapt(s: dict, style: str) -> dict:
         precision, extra = "fp32", {"max_length": s["lm_max_length"]}
     else:
         from lorafit.augment.lm_adapt import adapt_language_model
-        from lorafit.model import pick_precision
+        from lorafit.precision import pick_precision
 
         tokenize_s = None
         adapt_language_model(s["lm"], texts, out_dir, epochs=s["lm_epochs"], block_size=s["lm_block_size"],

@@ -21,6 +21,7 @@ import pytest
 import torch
 from scipy import stats
 
+import lorafit.augment
 from lorafit.augment import augment_training_data, generate_stage
 from lorafit.augment.generate import (
     fit_length_distribution,
@@ -566,7 +567,7 @@ def test_near_duplicates_equals_brute_force(threshold):
 # ------------------------------------------------------------------ the whole stage
 
 
-def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_wordnet):
+def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_wordnet, monkeypatch):
     labels = ["World", "Sports"]
     (tmp_path / "bank.yaml").write_text("World: ['Leaders said']\nSports: ['The team']\n")
     extra = tmp_path / "extra.csv"
@@ -592,7 +593,8 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_word
         calls.append((teacher_dir, len(texts)))
         return np.tile([0.5, 0.5], (len(texts), 1))
 
-    merged, rep = augment_training_data(cfg, train, target, tmp_path / "run", teacher_predict=teacher)
+    monkeypatch.setattr(lorafit.augment, "teacher_probabilities", teacher)  # the selection's teacher
+    merged, rep = augment_training_data(cfg, train, target, tmp_path / "run")
     rows = rep["rows"]
     assert merged.column_names == ["text", "label"]
     assert rows["original"] == 6 and rows["synthetic_generated"] == 6 and rows["extra_loaded"] == 2
@@ -606,7 +608,7 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_word
     stamp = (tmp_path / "run" / "lm" / "train_log.json").stat().st_mtime_ns
     again = generate_stage(cfg, train["text"], tmp_path / "run")  # reuses the adapted LM and the shards
     assert again["text"] == datasets.Dataset.from_json(str(tmp_path / "run" / "synthetic" / "samples.jsonl"))["text"]
-    merged2, _ = augment_training_data(cfg, train, target, tmp_path / "run", teacher_predict=teacher)
+    merged2, _ = augment_training_data(cfg, train, target, tmp_path / "run")
     assert (tmp_path / "run" / "lm" / "train_log.json").stat().st_mtime_ns == stamp
     assert merged2["text"] == merged["text"]
 

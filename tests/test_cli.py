@@ -153,7 +153,7 @@ def test_run_unknown_config_key(runner, tiny_inputs):
 
 
 def test_run_wrong_type(runner, tiny_inputs):
-    result = _invoke(runner, *_run_args(tiny_inputs), "train.batch_size=abc")
+    result = _invoke(runner, *_run_args(tiny_inputs, **{"train.batch_size": "abc"}))
     _assert_clean_failure(result, EXIT_INPUT, "'train.batch_size'", "integer")
     _assert_no_run_folder(tiny_inputs)
 

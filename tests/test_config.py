@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorafit.config import Config, ConfigError, load_config, parse_override, save_config
+from lorafit.config import Config, ConfigError, config_changes, load_config, parse_override, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -28,7 +29,7 @@ def test_load_yaml_file(tmp_path):
         "data:\n  source: data/train.csv\n  val_fraction: 0.2\n  labels: [neg, pos]\n"
         "lora:\n  r: 8\n  target_modules: [query, value]\n  layers_to_transform: [10, 11]\n"
         "train:\n  learning_rate: 2e-5\n  epochs: 3\n  distill:\n    enabled: true\n    teacher: runs/t\n"
-        "predict:\n  prior: [0.1, 0.2, 0.3, 0.4]\n"
+        "predict:\n  prior: [0.4, 0.6]\n"  # one proportion per class of data.labels
     )
     cfg = load_config(p)
     assert cfg.name == "exp1" and cfg.run_dir == Path("out") / "exp1"
@@ -40,16 +41,18 @@ def test_load_yaml_file(tmp_path):
     assert cfg.train.learning_rate == pytest.approx(2e-5) and isinstance(cfg.train.learning_rate, float)
     assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
     assert cfg.train.distill.enabled is True and cfg.train.distill.teacher == "runs/t"
-    assert cfg.predict.prior == [0.1, 0.2, 0.3, 0.4]
+    assert cfg.predict.prior == [0.4, 0.6]
     # untouched keys keep their defaults
     assert cfg.train.batch_size == Config().train.batch_size
     assert cfg.lora.bias == "all"
 
 
-def test_empty_yaml_file_gives_defaults(tmp_path):
+@pytest.mark.parametrize("text", ["# nothing here\n", "", "{}\n"])
+def test_empty_yaml_file_is_an_error(tmp_path, text):
     p = tmp_path / "empty.yaml"
-    p.write_text("# nothing here\n")
-    assert load_config(p) == Config()
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml' is empty"):
+        load_config(p)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -57,6 +60,8 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     raw = yaml.safe_load(path.read_text())
+    if "base" in raw:  # the file states its differences from its base
+        raw = {**yaml.safe_load((path.parent / raw["base"]).read_text()), **raw}
     assert cfg.name == raw["name"]
     assert cfg.model.name == raw["model"]["name"]
 
@@ -141,9 +146,14 @@ def test_override_creates_sections_missing_from_the_file(tmp_path):
     assert cfg.train.distill.alpha == 0.3 and cfg.clean.truncate_words == 64
 
 
-def test_later_override_wins():
-    cfg = load_config(None, ["lora.r=8", "lora.r=2"])
-    assert cfg.lora.r == 2
+@pytest.mark.parametrize("overrides,key", [
+    (["lora.r=8", "lora.r=2"], "lora.r"),
+    (["lora={r: 8}", "lora.r=2"], "lora.r"),
+    (["name=a", "name=b"], "name"),
+])
+def test_a_key_given_twice_in_overrides_is_an_error(overrides, key):
+    with pytest.raises(ConfigError, match=rf"override '{overrides[1]}': '{key}' is already set by the override"):
+        load_config(None, overrides)
 
 
 def test_override_without_equals_sign():
@@ -295,3 +305,175 @@ def test_saved_config_round_trips(tmp_path, path):
     # saving again overwrites in place and leaves no temporary files
     save_config(again, out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["config.yaml"]
+
+
+# ------------------------------------------------------------------ every value checked at load (issue 14)
+
+
+@pytest.mark.parametrize("override,key,says", [
+    ("lora.lora_alpha=0", "lora.lora_alpha", "> 0"),
+    ("lora.lora_alpha=-16", "lora.lora_alpha", "> 0"),
+    ("train.weight_decay=-0.01", "train.weight_decay", ">= 0"),
+    ("train.lr_scheduler=cosin", "train.lr_scheduler", "did you mean 'cosine'"),
+    ("train.optim=adamw_fused", "train.optim", "got 'adamw_fused'"),
+    ("train.logging_steps=0", "train.logging_steps", ">= 1"),
+    ("train.seed=-1", "train.seed", "[0, 4294967295]"),
+    ("seed=4294967296", "seed", "4294967295"),
+    ("seed=abc", "seed", "expected an integer"),
+    ("train.max_steps=-2", "train.max_steps", "-1"),
+    ("train.save_total_limit=0", "train.save_total_limit", ">= 1"),
+    ("train.early_stopping_patience=-1", "train.early_stopping_patience", ">= 0"),
+    ("train.learning_rate=-1e-3", "train.learning_rate", "> 0"),
+    ("train.learning_rate=.nan", "train.learning_rate", "finite"),
+    ("augment.generate.batch_size=0", "augment.generate.batch_size", ">= 1"),
+    ("augment.generate.top_k=-1", "augment.generate.top_k", ">= 0"),
+    ("augment.generate.temperature=0", "augment.generate.temperature", "> 0"),
+    ("augment.lm.batch_size=0", "augment.lm.batch_size", ">= 1"),
+    ("augment.lm.learning_rate=-5e-5", "augment.lm.learning_rate", "> 0"),
+    ("selftrain.epochs=-1", "selftrain.epochs", "> 0"),
+    ("selftrain.per_class_cap=-5", "selftrain.per_class_cap", ">= 1"),
+    ("augment.select.teacher_confidence=1.5", "augment.select.teacher_confidence", "[0, 1]"),
+    ("augment.select.teacher_confidence=-0.1", "augment.select.teacher_confidence", "[0, 1]"),
+    ("predict.prior=unifrom", "predict.prior", "got 'unifrom'"),
+    ("predict.prior=[0.5,0.5]", "predict.prior", "data.labels has 4 classes"),
+    ("predict.prior=[1,-1,1,1]", "predict.prior", ">= 0"),
+    ("predict.precision=fp8", "predict.precision", "auto|bf16|fp16|fp32"),
+    ("predict.workers=0", "predict.workers", "'auto' or an integer >= 1"),
+    ("lora.layers_to_transform=[-1]", "lora.layers_to_transform[0]", ">= 0"),
+    ("lora.layers_to_transform=[]", "lora.layers_to_transform", "at least 1"),
+    ("model.attn_implementation=fast", "model.attn_implementation", "sdpa|eager"),
+    ("data.text_column=", "data.text_column", "must not be empty"),
+    ("data.labels=[a,'']", "data.labels[1]", "must not be empty"),
+    ("model.name=", "model.name", "must not be empty"),
+    ("output_dir=", "output_dir", "must not be empty"),
+    ("name=", "name", "single folder name"),
+    ("name=../x", "name", "single folder name"),
+    ("name=/tmp/x", "name", "single folder name"),
+    ("name=a/b", "name", "single folder name"),
+    ("name=..", "name", "single folder name"),
+])
+def test_bad_values_are_refused_at_load_naming_key_and_override(override, key, says):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs" / "quickstart.yaml", [override])
+    msg = str(e.value)
+    assert msg.startswith((f"config key '{key}': ", f"unknown config key '{key}'")), msg
+    assert says in msg and f"(from the override '{override}')" in msg and "\n" not in msg
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: bad\ntrain:\n  weight_decay: -1\n")
+    with pytest.raises(ConfigError, match=rf"config key 'train.weight_decay': must be >= 0, got -1 \(in {p}\)$"):
+        load_config(p)
+
+
+def test_a_key_given_twice_in_a_yaml_mapping_is_an_error(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("name: twice\ntrain:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"key 'train.epochs' is given twice \(lines 3 and 5\)"):
+        load_config(p)
+
+
+def test_train_seed_is_the_former_name_of_seed(tmp_path):
+    assert load_config(None, ["seed=7"]).train.seed == 7  # still readable
+    old = load_config(None, ["train.seed=7"])
+    assert old.seed == 7 and old.train.seed == 7 and old == load_config(None, ["seed=7"])
+    assert "seed" not in old.to_dict()["train"]  # saved once, at the top
+    assert load_config(None, ["seed=7", "train.seed=7"]).seed == 7
+    with pytest.raises(ConfigError, match=r"config key 'train.seed': is 8 but seed is 7"):
+        load_config(None, ["seed=7", "train.seed=8"])
+
+
+def test_predict_precision_defaults_to_training_precision():
+    assert load_config(None).predict.precision is None
+    assert load_config(None, ["predict.precision=bf16"]).predict.precision == "bf16"
+
+
+def test_literal_choices_match_the_installed_transformers():
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from lorafit.config import OPTIMIZERS, SCHEDULERS
+
+    assert set(typing.get_args(OPTIMIZERS)) == {o.value for o in OptimizerNames}
+    assert set(typing.get_args(SCHEDULERS)) == {s.value for s in SchedulerType}
+
+
+def test_lora_config_is_built_from_the_section():
+    from lorafit.model import lora_config
+
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["lora.layers_to_transform=[0,1]"])
+    lc = lora_config(cfg)
+    for k, v in cfg.lora.model_dump().items():
+        got = getattr(lc, k)
+        assert (set(got) if k in ("target_modules", "modules_to_save") else got) == \
+            (set(v) if k in ("target_modules", "modules_to_save") else v), k
+
+
+def test_building_the_model_leaves_the_config_as_it_was(tmp_path):
+    from lorafit.budget import count_budget
+    from lorafit.config import check_run_dir
+
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [f"output_dir={tmp_path}"])
+    count_budget(cfg)  # PEFT adds the head to modules_to_save: in its own copy, not in the config
+    assert cfg.lora.modules_to_save == ["classifier"]
+    # runs saved while PEFT changed the config's list still resume
+    old = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"modules_to_save": ["classifier", "score"] * 2})})
+    save_config(old, cfg.run_dir / "config.yaml")
+    assert check_run_dir(cfg) == cfg.run_dir
+    with pytest.raises(Exception, match=r"lora.r 8 -> 4"):
+        check_run_dir(load_config(REPO / "configs" / "quickstart.yaml", [f"output_dir={tmp_path}", "lora.r=4"]))
+
+
+def test_layers_beyond_the_model_are_refused_before_any_weight():
+    from lorafit.budget import count_budget
+    from lorafit.errors import ModelError
+
+    cfg = load_config(REPO / "configs" / "seed.yaml", ["lora.layers_to_transform=[10,12]"])  # roberta-base: 0..11
+    with pytest.raises(ModelError, match=r"config key 'lora.layers_to_transform': layer 12 .* 12 layers \(0\.\.11\)"):
+        count_budget(cfg)
+    assert count_budget(load_config(REPO / "configs" / "seed.yaml", ["lora.layers_to_transform=[10,11]"])).within
+
+
+# ------------------------------------------------------------------ base: a config states only its differences
+
+
+def test_base_merges_section_by_section(tmp_path):
+    (tmp_path / "parent.yaml").write_text("name: parent\nlora:\n  r: 8\n  bias: none\ntrain:\n  epochs: 2\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("base: ../parent.yaml\nname: child\nlora:\n  r: 4\n")
+    cfg = load_config(child)
+    assert (cfg.name, cfg.lora.r, cfg.lora.bias, cfg.train.epochs) == ("child", 4, "none", 2.0)
+    saved = tmp_path / "saved.yaml"
+    save_config(cfg, saved)
+    assert "base" not in yaml.safe_load(saved.read_text()) and load_config(saved) == cfg
+    # an error in the base file names it, and through which file it came
+    (tmp_path / "parent.yaml").write_text("name: parent\ntrain:\n  epochs: -2\n")
+    with pytest.raises(ConfigError, match=rf"train.epochs.*\(in {tmp_path / 'sub' / '..' / 'parent.yaml'}, "
+                                          rf"the base of {child}\)"):
+        load_config(child)
+
+
+@pytest.mark.parametrize("base,says", [("missing.yaml", "does not exist"), ("loop.yaml", "loop"), ("3", "path")])
+def test_bad_base_is_named(tmp_path, base, says):
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\nname: loop\n")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"base: {base}\nname: c\n" if base != "3" else "base: 3\nname: c\n")
+    with pytest.raises(ConfigError, match=rf"config key 'base'.*{says}"):
+        load_config(p if base != "loop.yaml" else tmp_path / "loop.yaml")
+
+
+def test_best_recipe_states_only_its_differences_from_the_baseline():
+    best = REPO / "configs" / "cpu-agnews-best.yaml"
+    assert yaml.safe_load(best.read_text())["base"] == "cpu-agnews.yaml"
+    changes = config_changes(load_config(REPO / "configs" / "cpu-agnews.yaml"), load_config(best))
+    assert changes == {
+        "name": ("cpu-agnews", "cpu-agnews-best"),
+        "train.epochs": (1.0, 2.0),
+        "augment.extra": ([], ["../shared/data/seed_synthetic/gpt2_generated.csv"]),
+        "selftrain.enabled": (False, True),
+        "selftrain.rounds": (2, 1),
+        "selftrain.epochs": (1.0, 0.3),
+        "predict.prior": ("none", "uniform"),
+    }

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_overrides
-from lorafit.config import SelfTrainConfig, load_config
+from lorafit.config import SelfTrainConfig, load_config, merge_overrides
 from lorafit.selftrain import pseudo_labeled_set, select_pseudo_labels, with_training_columns
 from lorafit.train import lorafit_loss
 
@@ -93,13 +93,13 @@ def test_selftrain_and_distillation_end_to_end(tiny_roberta_dir, tiny_csvs, tmp_
     from lorafit.pipeline import run
 
     base = tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs", **{"train.epochs": 3})
-    run(load_config(None, base + ["name=teacher"]))
+    run(load_config(None, merge_overrides(base, ["name=teacher"])))
     assert (tmp_path / "runs" / "teacher" / "model" / "adapter_config.json").is_file()
 
-    student_cfg = load_config(None, base + [
+    student_cfg = load_config(None, merge_overrides(base, [
         "name=student", "train.distill.enabled=true", f"train.distill.teacher={tmp_path / 'runs' / 'teacher'}",
         "train.distill.alpha=0.5", "selftrain.enabled=true", "selftrain.rounds=2", "selftrain.threshold=0.0",
-        "selftrain.epochs=1", "predict.prior=uniform"])
+        "selftrain.epochs=1", "predict.prior=uniform"]))
     m = run(student_cfg)
     # teacher logits were cached once for every distinct training text, then reused by the rounds
     cache = np.load(tmp_path / "runs" / "student" / "data" / "teacher_logits.npz")

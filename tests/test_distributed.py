@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_overrides
+from lorafit.config import merge_overrides
 
 # Two launches of `lorafit run`, one of them two processes: about a minute. Part of `make test`, so
 # CI exercises multi-process training.
@@ -100,12 +101,14 @@ def test_ddp_two_processes_match_one(deterministic_tiny_dir, tiny_csvs, tmp_path
         "lora.lora_dropout": 0.0, "train.group_by_length": "false", "train.epochs": 3,
         "train.learning_rate": 0.02, "train.warmup_ratio": 0.0, "train.logging_steps": 1,
     })
-    lorafit = [sys.executable, "-m", "lorafit.cli", "run", str(config), *common]
+    lorafit = [sys.executable, "-m", "lorafit.cli", "run", str(config)]
 
-    _run([*lorafit, "name=single", f"train.batch_size={2 * B}"], tmp_path, tmp_path / "single.log")
+    _run([*lorafit, *merge_overrides(common, ["name=single", f"train.batch_size={2 * B}"])], tmp_path,
+         tmp_path / "single.log")
     logs = tmp_path / "torchrun-logs"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          "--log-dir", str(logs), "--redirects", "3", *lorafit[1:], "name=ddp", f"train.batch_size={B}"],
+          "--log-dir", str(logs), "--redirects", "3", *lorafit[1:],
+          *merge_overrides(common, ["name=ddp", f"train.batch_size={B}"])],
          tmp_path, tmp_path / "ddp.log")
 
     # both ranks took part: each logs its own DDP construction, rank 0 the global batch

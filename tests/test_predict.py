@@ -8,8 +8,8 @@ import torch
 
 from lorafit.config import ConfigError, load_config
 from lorafit.model import build_model, load_tokenizer
-from lorafit.predict import (cpu_workers, default_max_tokens, for_inference, padded_tokens, plan_batches,
-                             plan_prediction, predict_logits)
+from lorafit.precision import for_inference
+from lorafit.predict import cpu_workers, default_max_tokens, padded_tokens, plan_batches, plan_prediction, predict_logits
 
 from conftest import tiny_labeled_rows
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_labeled_rows, tiny_overrides, write_csv
 from lorafit.cli import app
-from lorafit.config import load_config
+from lorafit.config import load_config, merge_overrides
 from lorafit.pipeline import run
 from lorafit.report import compare_runs, training_phases
 from lorafit.report_page import pct
@@ -45,7 +45,7 @@ def full_run(tiny_roberta_dir, tmp_path_factory) -> dict:
         "dev": write_csv(root / "data" / "dev.csv", tiny_labeled_rows(1)),
         "target": write_csv(root / "data" / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
     }
-    on = [*NO_AUGMENT,  # the later keys switch generation and self-training back on
+    on = merge_overrides(NO_AUGMENT, [  # the later keys switch generation and self-training back on
           "augment.lm.enabled=true", f"augment.lm.model=scratch:{tiny_roberta_dir}", "augment.lm.max_steps=2",
           "augment.lm.block_size=16", "augment.lm.batch_size=4",
           "augment.generate.enabled=true", f"augment.generate.prompts={REPO / 'configs/prompts/agnews.yaml'}",
@@ -53,7 +53,7 @@ def full_run(tiny_roberta_dir, tmp_path_factory) -> dict:
           "augment.generate.length.a=0", "augment.generate.length.loc=8", "augment.generate.length.scale=2",
           "augment.generate.length.max_words=12", "augment.select.min_words=1",
           "selftrain.enabled=true", "selftrain.rounds=1", "selftrain.epochs=1", "selftrain.threshold=0.0",
-          "predict.prior=uniform"]
+          "predict.prior=uniform"])
     cfg = load_config(None, [*on, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs")])
     metrics = run(cfg)
     run_dir = root / "runs" / "tiny"

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
+from lorafit.config import merge_overrides
 
 LORAFIT = Path(sys.executable).parent / "lorafit"
 
@@ -72,7 +73,7 @@ def resume_setup(learnable_roberta_dir, tmp_path_factory) -> dict:
 
 
 def _cmd(setup: dict, name: str) -> list[str]:
-    return [str(LORAFIT), "run", str(setup["config"]), *setup["overrides"], f"name={name}"]
+    return [str(LORAFIT), "run", str(setup["config"]), *merge_overrides(setup["overrides"], [f"name={name}"])]
 
 
 def _run(setup: dict, name: str, command: str = "run") -> str:
@@ -252,7 +253,7 @@ def gen_setup(resume_setup, tiny_gpt2_dir) -> dict:
 
 
 def _gen_cmd(setup: dict, name: str) -> list[str]:
-    return [str(LORAFIT), "generate", str(setup["config"]), *setup["overrides"], f"name={name}"]
+    return [str(LORAFIT), "generate", str(setup["config"]), *merge_overrides(setup["overrides"], [f"name={name}"])]
 
 
 def _samples(out_dir: Path) -> list[dict]:
@@ -265,7 +266,7 @@ def test_killed_generation_resumes_without_duplicates_or_losses(gen_setup):
     from lorafit.data import prepare_data
 
     # the uninterrupted reference
-    cfg = load_config(gen_setup["config"], [*gen_setup["overrides"], "name=gen-reference"])
+    cfg = load_config(gen_setup["config"], merge_overrides(gen_setup["overrides"], ["name=gen-reference"]))
     reference = generate_stage(cfg, prepare_data(cfg).train["text"], cfg.run_dir)
     assert reference is not None and len(reference) == 4 * GEN_PER_CLASS
 

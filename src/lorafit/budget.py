@@ -10,11 +10,12 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import torch
+from transformers.pytorch_utils import Conv1D
+
 from lorafit.config import Config
-from lorafit.model import build_model
-
-
-from lorafit.errors import BudgetExceeded  # noqa: E402  (re-exported)
+from lorafit.errors import BudgetExceeded, LorafitError  # BudgetExceeded re-exported
+from lorafit.model import build_model, load_base_model
 
 
 @dataclass
@@ -128,11 +129,6 @@ _HEAD_NAMES = ("classifier", "score", "pooler", "lm_head")
 def linear_layer_names(cfg: Config) -> tuple[set[str], int]:
     """Leaf names of the encoder's linear layers (not the head's), and the model's width, from the
     model config alone (meta device)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    from lorafit.model import load_base_model
-
     base = load_base_model(cfg, weights=False)
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules()
              if isinstance(m, (torch.nn.Linear, Conv1D)) and not any(h in n.split(".") for h in _HEAD_NAMES)}
@@ -184,10 +180,6 @@ def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
     """For each target_modules choice and bias setting: the largest lora.r within
     ``budget.max_trainable`` and its exact trainable count (meta-device counts only; the other
     lora keys, the head and ``modules_to_save`` as in ``cfg``)."""
-    import dataclasses
-
-    from lorafit.errors import LorafitError
-
     names, width = linear_layer_names(cfg)
     rows = []
     for label, modules in fit_choices(cfg, names):
@@ -197,8 +189,8 @@ def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
 
             def count(r: int) -> int:
                 if r not in memo:
-                    lora = dataclasses.replace(cfg.lora, r=r, target_modules=modules, bias=bias)
-                    memo[r] = count_budget(dataclasses.replace(cfg, lora=lora)).trainable
+                    lora = cfg.lora.model_copy(update={"r": r, "target_modules": modules, "bias": bias})
+                    memo[r] = count_budget(cfg.model_copy(update={"lora": lora})).trainable
                 return memo[r]
 
             try:

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from lorafit.config import Config, load_config
+from lorafit.config import Config, check_run_dir, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
@@ -100,8 +100,6 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
     _setup_logging(verbose)
 
     def go():
-        from lorafit.config import check_run_dir
-
         cfg = _load(config, overrides or [], name, output_dir, allow_pickle)
         check_run_dir(cfg, fresh)
         # datasets/pandas only once the config is known good; torch and peft only once the data is
@@ -129,9 +127,9 @@ def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
     _setup_logging(False)
 
     def go():
+        cfg = _load(config, overrides or [])  # a bad config fails before torch loads
         from lorafit.budget import count_budget
 
-        cfg = _load(config, overrides or [])
         if fit:
             from lorafit.budget import fit_ranks, render_fit
 
@@ -191,56 +189,36 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
     _setup_logging(verbose)
 
     def go():
-        import numpy as np
-
         from lorafit.data.io import load_unlabeled
-        from lorafit.model import load_trained
-        from lorafit.predict import predict_target, write_submission
-        from lorafit.report import distribution
-
-        from lorafit.config import load_config
         from lorafit.data.prepare import clean_dataset
-        from lorafit.pipeline import load_target_probs
-        from lorafit.prior import adjust_predictions
-
         from lorafit.io_utils import check_writable
         from lorafit.model import require_trained_run
-        from lorafit.prior import parse_prior
 
         if output is not None:  # before any work: a path we cannot write fails in a second
             check_writable(output, "submission file (-o)")
         require_trained_run(run_dir)
-        cfg = load_config(Path(run_dir) / "config.yaml")
-        if prior is not None:
-            cfg.predict.prior = prior  # parse_prior reads 'uniform', 'em' and '0.2,0.3,...'
-            if cfg.predict.prior != "em":
-                parse_prior(cfg.predict.prior, len(cfg.data.labels))  # fail before any model work
+        # the run's config, with --prior checked like any override (a bad one fails before any model work)
+        cfg = load_config(Path(run_dir) / "config.yaml", [f"predict.prior={prior}"] if prior is not None else [])
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
         ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle or cfg.data.allow_pickle)
         ds = clean_dataset(ds, cfg)
-        train_prior = None
+        import datasets
+
+        from lorafit.predict import label_prior, predict_and_submit
+
         train_dir = Path(run_dir) / "data" / "train"
-        if train_dir.is_dir():
-            import datasets
-
-            labels = datasets.load_from_disk(str(train_dir))["label"]
-            train_prior = np.bincount(labels, minlength=len(cfg.data.labels)) / len(labels)
-        probs = load_target_probs(Path(run_dir) / "target_probs.npz", ds["text"]) if reuse_probs else None
-        if probs is not None:  # same texts as the run predicted: re-apply the prior without the model
-            adjusted, info = adjust_predictions(probs, cfg.predict.prior, train_prior=train_prior)
-        else:
-            model, tok, _ = load_trained(run_dir)
-            probs, adjusted, info = predict_target(model, tok, cfg, ds["text"], train_prior)
-            if target is None:  # the run's own target set: keep the probabilities for later priors
-                from lorafit.pipeline import save_target_probs
-
-                save_target_probs(Path(run_dir) / "target_probs.npz", probs, ds["text"])
+        train_prior = (label_prior(datasets.load_from_disk(str(train_dir))["label"], len(cfg.data.labels))
+                       if train_dir.is_dir() else None)
         out = output or Path(run_dir) / "submission.csv"
-        write_submission(out, adjusted.argmax(1), expected_rows=len(ds))
-        dist = distribution(adjusted.argmax(1), len(cfg.data.labels))
-        typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class {dict(zip(map(str, cfg.data.labels), dist))}"
+        # the run's own target set: its saved probabilities are reused (a prior re-applied without the
+        # model) or, when computed afresh, kept for later priors
+        t = predict_and_submit(cfg, ds["text"], out, run_dir=Path(run_dir), train_prior=train_prior,
+                               reuse_probs=reuse_probs, save_probs=target is None)
+        info = t["prior"]
+        typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class "
+                   f"{dict(zip(map(str, cfg.data.labels), t['predicted_distribution']))}"
                    + (f"; prior {info['mode']} {[round(x, 3) for x in info['prior']]}, {info['changed']} changed"
                       if info.get("mode") not in (None, "none") else "")
                    + ")")
@@ -272,10 +250,11 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         logits = predict_with_config(model, tok, cfg, ds["text"], progress=True)
         preds = logits.argmax(1)
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
-            from lorafit.predict import softmax
+            from scipy.special import softmax
+
             from lorafit.prior import adjust_predictions
 
-            preds = adjust_predictions(softmax(logits), prior)[0].argmax(1)
+            preds = adjust_predictions(softmax(logits, axis=-1), prior)[0].argmax(1)
         m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
         if output:
             atomic_write_json(output, m)

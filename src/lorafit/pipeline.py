@@ -1,15 +1,17 @@
-"""The whole recipe of one config, top to bottom (``lorafit run``).
+"""The recipe of ``lorafit run``: one call per stage, top to bottom.
 
-data -> augment -> budget check -> train (optional distillation) -> evaluate -> self-train on
-the target set -> predict (optional label-prior adjustment) -> submission + summary.
+data -> check inputs and budget -> model -> augment -> train (optional distillation) -> self-train
+on the target set -> save -> evaluate -> predict the target set (label prior) -> submission,
+metrics, summary, report.
 
-Everything lands in ``<output_dir>/<name>/``. Nothing is written there until the config, the data
-and the parameter budget have been checked, so a bad input leaves no half-made run folder.
+Everything lands in ``<output_dir>/<name>/``. Nothing is written there until the config, the data,
+the inputs of every enabled stage and the parameter budget have been checked, so a bad input
+leaves no half-made run folder. Under torchrun every process runs this recipe; only the first
+writes files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -18,63 +20,28 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
-import numpy as np
 
+from lorafit.augment import (augment_training_data, augmentation_enabled, check_augment_inputs,
+                             check_augmentation_ready)
 from lorafit.budget import check_budget
-from lorafit.config import CleanConfig, Config, check_run_dir, save_config
+from lorafit.config import Config, check_run_dir, save_config
 from lorafit.data import PreparedData, prepare_data
-from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text, save_dataset
+from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
-from lorafit.predict import (for_inference, predict_logits, predict_target, predict_with_config, softmax,
-                             write_submission)
-from lorafit.report import (StageTimer, classification_metrics, distribution, environment, plot_confusion, plot_curves,
-                             write_model_card, write_report)
-from lorafit.selftrain import pseudo_labeled_set, with_training_columns
-from lorafit.train import save_trained, teacher_logits, train_model
+from lorafit.precision import for_inference, inference_precision
+from lorafit.predict import label_prior, predict_and_submit, predict_with_config
+from lorafit.report import (StageTimer, classification_metrics, environment, plot_confusion, plot_curves,
+                            write_model_card, write_report)
+from lorafit.selftrain import SelfTrainResult, self_train
+from lorafit.train import save_trained, train_model, with_teacher_logits
 
 log = logging.getLogger(__name__)
 
 
-def _attach_teacher(cfg: Config, ds: datasets.Dataset, run_dir: Path) -> datasets.Dataset:
-    d = cfg.train.distill
-    if not d.enabled:
-        return ds
-    logits = teacher_logits(d.teacher, ds["text"], run_dir / "data" / "teacher_logits.npz")
-    if "teacher_logits" in ds.column_names:
-        ds = ds.remove_columns("teacher_logits")
-    return ds.add_column("teacher_logits", logits.tolist())
-
-
-def _teacher_probs(teacher_dir: str, texts: list[str]) -> np.ndarray:
-    """Probabilities of a teacher (a run or any classifier folder) on ``texts``, for selection."""
-    from lorafit.train import load_teacher
-
-    model, tok, max_length = load_teacher(teacher_dir)
-    return softmax(predict_logits(model, tok, texts, max_length=max_length, clean=CleanConfig()))
-
-
-def _check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
-    """Several processes must not adapt an LM or generate inside one `lorafit run` (they would
-    race on the same folders): those stages run first, in their own commands."""
-    from lorafit.augment import lm_output_dir
-
-    a = cfg.augment
-    if a.lm.enabled and not (lm_output_dir(cfg, run_dir) / "model" / "config.json").is_file():
-        raise ValueError("augment.lm is enabled but the adapted LM is not on disk yet; under several processes run "
-                         "`lorafit adapt-lm CONFIG` first (one process), then this command.")
-    if a.generate.enabled and not (run_dir / "synthetic" / "samples.jsonl").is_file():
-        raise ValueError("augment.generate is enabled but the samples are not on disk yet; run "
-                         "`torchrun --nproc_per_node=N -m lorafit.cli generate CONFIG` first, then this command.")
-
-
-def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
-    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False)  # prepared sets are clean
-    return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
-
-
 def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = False,
         timer: Optional[StageTimer] = None, callbacks: Optional[list] = None) -> dict:
-    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json.
+    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json
+    (empty on the other processes of a multi-process run).
 
     ``prepared``: the data stage's result when the caller already ran it (the CLI does, to fail
     fast on bad data before the model stack is imported). ``fresh``: replace a previous run in
@@ -82,116 +49,82 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     caller's :class:`StageTimer` when it timed stages before this call (the CLI times the data stage).
     ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
     timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds
-    names = list(map(str, cfg.data.labels))
-    k = len(names)
     run_dir = check_run_dir(cfg, fresh)  # writable, and not another adapter shape's run folder
     data = prepared or prepare_data(cfg)  # a bad data file fails here, before the model stack loads
     log.info("data: %s", data.stats)
-    timer.lap("data" if prepared is None else "startup")  # startup: importing the model stack after the CLI's data stage
-    from lorafit.augment import check_augment_inputs
-
+    timer.lap("data" if prepared is None else "startup")  # startup: the model stack's imports after the CLI's data
     check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
     budget = check_budget(cfg)  # before any weight is loaded
-    tokenizer = load_tokenizer(cfg)
-    model = build_model(cfg, weights=True)
-    trainable, _ = model.get_nb_trainable_parameters()
-    assert trainable == budget.trainable, "budget count and loaded model disagree"
+    tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
+    assert model.get_nb_trainable_parameters()[0] == budget.trainable, "budget count and loaded model disagree"
     timer.lap("model")
-    # Under torchrun/accelerate every process runs this recipe; only the first one writes files.
+    is_main = start_run_folder(cfg, run_dir, fresh)
+
+    train, aug_report = (augment_training_data(cfg, data.train, data.target, run_dir) if augmentation_enabled(cfg)
+                         else (data.train, {}))
+    if is_main:
+        save_dataset(train, run_dir / "data" / "train")
+        save_dataset(data.val, run_dir / "data" / "val")
+    timer.lap("augment" if aug_report else "data")
+
+    train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
+    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", callbacks=callbacks)
+    train_seconds = time.time() - start
+    timer.lap("train")
+    selftrain = SelfTrainResult()
+    if cfg.selftrain.enabled and data.target is not None:
+        selftrain = self_train(cfg, model, tokenizer, train, data.val, data.target["text"], run_dir)
+        timer.lap("selftrain")
+    if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
+        return {}
+    history = list(trainer.state.log_history) + selftrain.history
+    facts = {"budget": budget.to_dict(), "data": data.stats, "train_rows": len(train), "augment": aug_report}
+    save_trained(model, tokenizer, history, run_dir)
+    write_model_card(run_dir, cfg, facts)  # the adapter's card at once; the results are added at the end
+    model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora)  # training is over
+    timer.lap("save")
+
+    val_metrics = evaluate(model, tokenizer, cfg, data.val)
+    plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / "confusion_matrix.png")
+    plot_curves(history, run_dir / "curves.png")
+    timer.lap("evaluate")
+    metrics = {"val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"], "val": val_metrics,
+               **facts, "selftrain": selftrain.rounds, "train_seconds": round(train_seconds, 1)}
+
+    if data.target is not None:
+        metrics["target"] = predict_and_submit(
+            cfg, data.target["text"], run_dir / "submission.csv", run_dir=run_dir, model=model, tokenizer=tokenizer,
+            logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)))
+        timer.lap("predict")
+    finish_run(cfg, run_dir, metrics, timer, data.target)
+    return metrics
+
+
+def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
+    """Make the run folder and save the resolved config in it (first process only; ``fresh``
+    replaces an earlier run). Returns whether this is the process that writes files."""
     is_main = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _check_augmentation_ready(cfg, run_dir)
+        check_augmentation_ready(cfg, run_dir)
     if is_main:
         if fresh and run_dir.exists():
             log.info("--fresh: removing the previous run in %s", run_dir)
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    return is_main
 
-    # ---- augment
-    train = data.train
-    aug_report: dict = {}
-    a = cfg.augment
-    if a.synonyms.enabled or a.lm.enabled or a.generate.enabled or a.extra:
-        from lorafit.augment import augment_training_data
 
-        train, aug_report = augment_training_data(cfg, data.train, data.target, run_dir, teacher_predict=_teacher_probs)
-    if is_main:
-        save_dataset(train, run_dir / "data" / "train")
-        save_dataset(data.val, run_dir / "data" / "val")
-    timer.lap("augment" if aug_report else "data")
+def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
+    """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set."""
+    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False)  # prepared sets are clean
+    return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
-    # ---- train
-    train_in = _attach_teacher(cfg, train, run_dir)
-    t_train = time.time()
-    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", callbacks=callbacks)
-    train_seconds = time.time() - t_train
-    history = list(trainer.state.log_history)
-    timer.lap("train")
 
-    # ---- self-training on the target set
-    rounds = []
-    st = cfg.selftrain
-    target_logits = None  # the latest target predictions, reused by the next round and the submission
-    if st.enabled and data.target is not None:
-        target_texts = data.target["text"]
-        gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
-        predict_target_logits = lambda: predict_with_config(model, tokenizer, cfg, target_texts,  # noqa: E731
-                                                            progress=True)
-        target_logits = predict_target_logits()
-        for r in range(1, st.rounds + 1):
-            probs = softmax(target_logits)
-            before = distribution(probs.argmax(1), k)
-            pseudo, info = pseudo_labeled_set(target_texts, probs, st)
-            merged = datasets.concatenate_datasets([gold, pseudo.cast(gold.features)]).shuffle(seed=cfg.train.seed + r)
-            trainer = train_model(cfg, model, tokenizer, _attach_teacher(cfg, merged, run_dir), data.val,
-                                  run_dir / "selftrain" / f"round-{r}", epochs=st.epochs)
-            history += [{**h, "selftrain_round": r} for h in trainer.state.log_history]
-            target_logits = predict_target_logits()
-            info.update(round=r, target_distribution_before=before,
-                        target_distribution_after=distribution(target_logits.argmax(1), k))
-            log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
-                     r, info["kept_per_class"], before, info["target_distribution_after"])
-            rounds.append(info)
-        timer.lap("selftrain")
-    if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
-        return {}
-    save_trained(model, tokenizer, history, run_dir)
-    # the adapter gets its model card at once; the results are added when they exist (below)
-    write_model_card(run_dir, cfg, {"budget": budget.to_dict(), "data": data.stats, "train_rows": len(train),
-                                    "augment": aug_report})
-    model = for_inference(model, cfg.train.precision, merge=cfg.predict.merge_lora)  # training is over
-    timer.lap("save")
-
-    # ---- evaluate
-    val_metrics = evaluate(model, tokenizer, cfg, data.val)
-    plot_confusion(val_metrics["confusion_matrix"], names, run_dir / "confusion_matrix.png")
-    plot_curves(history, run_dir / "curves.png")
-    timer.lap("evaluate")
-    metrics = {
-        "val_accuracy": val_metrics["accuracy"],
-        "val_macro_f1": val_metrics["macro_f1"],
-        "val": val_metrics,
-        "budget": budget.to_dict(),
-        "data": data.stats,
-        "train_rows": len(train),
-        "augment": aug_report,
-        "selftrain": rounds,
-        "train_seconds": round(train_seconds, 1),
-    }
-
-    # ---- predict the target set
-    if data.target is not None:
-        train_prior = np.bincount(np.asarray(train["label"]), minlength=k) / len(train)
-        probs, adjusted, prior_info = predict_target(model, tokenizer, cfg, data.target["text"], train_prior,
-                                                     logits=target_logits)
-        preds = adjusted.argmax(1)
-        save_target_probs(run_dir / "target_probs.npz", probs, data.target["text"])
-        write_submission(run_dir / "submission.csv", preds, expected_rows=len(data.target))
-        metrics["target"] = {"rows": len(data.target), "predicted_distribution": distribution(preds, k),
-                             "raw_distribution": distribution(probs.argmax(1), k),
-                             "mean_confidence": float(probs.max(1).mean()), "prior": prior_info}
-        timer.lap("predict")
+def finish_run(cfg: Config, run_dir: Path, metrics: dict, timer: StageTimer,
+               target: Optional[datasets.Dataset]) -> None:
+    """metrics.json (with times per stage and the environment), summary.md, the model card with
+    the results, and report.html."""
     metrics["stage_seconds"] = dict(timer.seconds)
     metrics["environment"] = environment()
     metrics["wall_seconds"] = round(timer.total(), 1)
@@ -199,33 +132,9 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     atomic_write_text(run_dir / "summary.md", summary(cfg, metrics))
     write_model_card(run_dir, cfg, metrics)
     try:  # the run's results are saved; a report that cannot be drawn must not fail the run
-        write_report(run_dir, target_texts=data.target["text"][:] if data.target is not None else None)
+        write_report(run_dir, target_texts=target["text"][:] if target is not None else None)
     except Exception:
         log.exception("could not write %s; retry with `lorafit report %s`", run_dir / "report.html", run_dir)
-    return metrics
-
-
-def texts_digest(texts: list[str]) -> str:
-    h = hashlib.sha1()
-    for t in texts:
-        h.update(t.encode("utf-8") + b"\0")
-    return h.hexdigest()
-
-
-def save_target_probs(path: Path, probs: np.ndarray, texts: list[str]) -> None:
-    """Keep the raw target probabilities so a prior can be re-applied without the model."""
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, probs=probs.astype(np.float32), digest=np.array(texts_digest(texts)))
-
-
-def load_target_probs(path: Path, texts: list[str]) -> Optional[np.ndarray]:
-    """The saved probabilities, or None when absent or computed for other texts."""
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["digest"]) != texts_digest(texts):
-            return None
-        return z["probs"].astype(np.float64)
 
 
 def summary(cfg: Config, m: dict) -> str:

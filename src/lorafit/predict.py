@@ -1,38 +1,40 @@
-"""Fast batched inference and Kaggle submission writing.
+"""Fast batched inference, target-set prediction with the label prior, and Kaggle submissions.
+
+:func:`predict_and_submit` is the one path from a trained model (or a run's saved target
+probabilities) to ``submission.csv``, shared by ``lorafit run`` and ``lorafit predict``;
+:func:`predict_teacher` gives a teacher's logits to distillation and to the selection stage.
 
 Texts are tokenized once, sorted by token length and cut into batches that pad only to their own
 longest text; on CPU a batch also holds at most ``max_tokens`` padded tokens (see
 :func:`plan_batches`). LoRA weights are merged into the base model and linear weights stored in
-bf16 where the device runs bf16 natively (:func:`for_inference`); on CPU several batches run at
+bf16 where the device runs bf16 natively (:func:`lorafit.precision.for_inference`); on CPU several batches run at
 once, one core each. ``bench/run.py`` measures this against the report's style (every text padded to 512 tokens, batches of 8, unmerged, fp32).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import csv
+import hashlib
+import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.special import softmax
+from tqdm.auto import tqdm
 
-from lorafit.config import CleanConfig
+from lorafit.config import CleanConfig, Config
 from lorafit.data.clean import clean_text, clip_text
-from lorafit.io_utils import atomic_write_text
-from lorafit.model import pick_precision
+from lorafit.io_utils import atomic_path, atomic_write_text
+from lorafit.model import load_teacher, load_trained
+from lorafit.precision import autocast, inference_precision, pick_precision
+from lorafit.prior import adjust_predictions
+from lorafit.report import distribution
 
 log = logging.getLogger(__name__)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp16" and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def default_max_tokens(device: torch.device, workers: int = 1) -> Optional[int]:
@@ -73,26 +75,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional[i
     return batches
 
 
-def for_inference(model, precision: str = "auto", merge: bool = True):
-    """The model as prediction wants it: LoRA merged into the base weights (``merge``; one matrix
-    product per layer instead of three) and, when ``precision`` resolves to bf16, every
-    ``nn.Linear`` weight stored in bf16.
-
-    Under bf16 autocast each linear layer casts its fp32 weight to bf16 on every call; storing it
-    so once gives the same numbers (the same rounding) without the copies (~1.2x faster on a
-    2-core CPU, see ``bench/``). Do not train the returned model further: it is changed in place.
-    """
-    from peft import PeftModel
-
-    if merge and isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    if pick_precision(precision) == "bf16":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.to(torch.bfloat16)
-    return model.eval()
-
-
 def cpu_workers(device: torch.device, workers="auto") -> int:
     """Batches predicted at once on CPU (one thread each); 1 on accelerators. ``auto``: torch's
     intra-op thread count, at most 8 (each thread holds the GIL for the Python part of a forward)."""
@@ -123,9 +105,9 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray], multipl
 def predict_with_config(model, tokenizer, cfg, texts: Sequence[str], clean: bool = True,
                         progress: bool = False) -> np.ndarray:
     """:func:`predict_logits` with a run config's settings (``predict.batch_size``/``workers``,
-    ``model.max_length``, ``train.precision``; ``clean``: apply ``cfg.clean`` first)."""
+    ``model.max_length``, ``predict.precision``; ``clean``: apply ``cfg.clean`` first)."""
     return predict_logits(model, tokenizer, texts, cfg.predict.batch_size, cfg.model.max_length,
-                          clean=cfg.clean if clean else None, precision=cfg.train.precision, progress=progress,
+                          clean=cfg.clean if clean else None, precision=inference_precision(cfg), progress=progress,
                           workers=cfg.predict.workers)
 
 
@@ -163,14 +145,10 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
         feats = [{k: enc[k][i] for k in keys} for i in idx]
         batch = tokenizer.pad(feats, return_tensors="pt", pad_to_multiple_of=multiple if multiple > 1 else None)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.inference_mode(), _autocast(device, prec):  # both are per thread
+        with torch.inference_mode(), autocast(device, prec):  # both are per thread
             return model(**batch).logits.float().cpu().numpy()
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(batches), desc="predict", unit="batch")
+    bar = tqdm(total=len(batches), desc="predict", unit="batch") if progress else None
     out: Optional[np.ndarray] = None
 
     def store(idx, logits):
@@ -186,8 +164,6 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
             for idx in batches:
                 store(idx, run(idx))
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # each worker runs its batch's kernels itself, on one core
             try:
@@ -200,12 +176,6 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
         if bar is not None:
             bar.close()
     return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Optional[int] = None) -> Path:
@@ -222,18 +192,88 @@ def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Opt
     return Path(path)
 
 
+def predict_teacher(teacher_dir: str | Path, texts: Sequence[str], batch_size: int = 128,
+                    clean: Optional[CleanConfig] = None) -> np.ndarray:
+    """Logits of a teacher (a trained run or any classifier folder, see
+    :func:`lorafit.model.load_teacher`) on ``texts`` (cleaned first with ``clean``)."""
+    model, tok, max_length = load_teacher(teacher_dir)
+    return predict_logits(model, tok, texts, batch_size=batch_size, max_length=max_length, clean=clean)
+
+
 def predict_target(model, tokenizer, cfg, target_texts: Sequence[str], train_prior: Optional[Sequence[float]] = None,
                    logits: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Probabilities on the target set, adjusted to ``cfg.predict.prior``. Returns
     (raw_probs, adjusted_probs, prior_info). ``logits`` already computed for these texts are reused."""
-    from lorafit.prior import adjust_predictions
-
     if logits is None:
         logits = predict_with_config(model, tokenizer, cfg, target_texts, progress=True)
-    probs = softmax(logits)
+    return _with_prior(softmax(logits, axis=-1), cfg, train_prior)
+
+
+def _with_prior(probs: np.ndarray, cfg, train_prior) -> tuple[np.ndarray, np.ndarray, dict]:
     adjusted, info = adjust_predictions(probs, cfg.predict.prior,
                                         train_prior=None if train_prior is None else np.asarray(train_prior, float))
     if info.get("mode") not in (None, "none"):
         log.info("prior %s: %s; %d predictions changed", info["mode"],
                  [round(p, 3) for p in info["prior"]], info["changed"])
     return probs, adjusted, info
+
+
+def label_prior(labels: Sequence[int], k: int) -> np.ndarray:
+    """Class proportions of a labeled set (the training prior that EM starts from)."""
+    labels = np.asarray(labels, int)
+    return np.bincount(labels, minlength=k) / len(labels)
+
+
+def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, run_dir: Path,
+                       model=None, tokenizer=None, logits: Optional[np.ndarray] = None,
+                       train_prior: Optional[Sequence[float]] = None, reuse_probs: bool = False,
+                       save_probs: bool = True) -> dict:
+    """Predict the target ``texts``, apply ``cfg.predict.prior`` and write ``submission`` (ID,Label).
+
+    The probabilities come from ``logits`` when given, else from the run's saved
+    ``target_probs.npz`` when ``reuse_probs`` and it was computed for these texts (a prior is then
+    re-applied without the model), else from ``model`` (loaded from ``run_dir`` when None).
+    Freshly computed ones are saved to ``run_dir/target_probs.npz`` when ``save_probs``. Returns
+    the target-set facts of metrics.json: rows, predicted and raw class counts, mean confidence and
+    the prior applied.
+    """
+    k = len(cfg.data.labels)
+    probs_file = Path(run_dir) / "target_probs.npz"
+    probs = load_target_probs(probs_file, texts) if reuse_probs and logits is None else None
+    if probs is None:
+        if logits is None:
+            if model is None:
+                model, tokenizer, _ = load_trained(run_dir)
+            logits = predict_with_config(model, tokenizer, cfg, texts, progress=True)
+        probs = softmax(logits, axis=-1)
+        if save_probs:
+            save_target_probs(probs_file, probs, texts)
+    probs, adjusted, info = _with_prior(probs, cfg, train_prior)
+    preds = adjusted.argmax(1)
+    write_submission(submission, preds, expected_rows=len(texts))
+    return {"rows": len(texts), "predicted_distribution": distribution(preds, k),
+            "raw_distribution": distribution(probs.argmax(1), k),
+            "mean_confidence": float(probs.max(1).mean()), "prior": info}
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha1()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def save_target_probs(path: Path, probs: np.ndarray, texts: Sequence[str]) -> None:
+    """Keep the raw target probabilities so a prior can be re-applied without the model."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, probs=probs.astype(np.float32), digest=np.array(texts_digest(texts)))
+
+
+def load_target_probs(path: Path, texts: Sequence[str]) -> Optional[np.ndarray]:
+    """The saved probabilities, or None when absent or computed for other texts."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["digest"]) != texts_digest(texts):
+            return None
+        return z["probs"].astype(np.float64)

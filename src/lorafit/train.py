@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -33,8 +31,10 @@ from transformers import (
 from lorafit.config import Config
 from lorafit.data.clean import clip_text
 from lorafit.errors import Interrupted
-from lorafit.io_utils import atomic_path, atomic_write_json
-from lorafit.model import pick_precision
+from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.precision import pick_precision
+from lorafit.predict import predict_teacher
+from lorafit.report import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +83,16 @@ class Collator:
 def lorafit_loss(logits: torch.Tensor, labels: torch.Tensor, *, weight=None, soft_labels=None,
                  teacher_logits=None, alpha: float = 0.5, temperature: float = 2.0,
                  label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-sample weighted mean of (soft or smoothed) cross-entropy, optionally mixed with the
-    distillation term. With no extras this equals ``F.cross_entropy(logits, labels)``."""
+    """Per-sample weighted mean of cross-entropy against the labels or the soft labels (with
+    ``label_smoothing``), optionally mixed with the distillation term. With no extras this is
+    ``F.cross_entropy(logits, labels)``."""
     logits = logits.float()
-    k = logits.shape[-1]
-    logp = F.log_softmax(logits, dim=-1)
-    if soft_labels is not None:
-        target = soft_labels.float()
-    else:
-        target = F.one_hot(labels.long(), k).float()
-    if label_smoothing:
-        target = (1 - label_smoothing) * target + label_smoothing / k
-    per_sample = -(target * logp).sum(-1)
+    target = soft_labels.float() if soft_labels is not None else labels.long()
+    per_sample = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
     if teacher_logits is not None:
         t = temperature
-        p_teacher = F.softmax(teacher_logits.float() / t, dim=-1)
-        kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - F.log_softmax(logits / t, dim=-1))).sum(-1)
+        kl = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
+                      reduction="none", log_target=True).sum(-1)
         per_sample = alpha * per_sample + (1 - alpha) * (t * t) * kl
     if weight is None:
         return per_sample.mean()
@@ -126,17 +120,11 @@ class LorafitTrainer(Trainer):
 
 
 def compute_metrics(eval_pred) -> dict:
+    """Accuracy and macro-F1 of an evaluation (the same numbers as metrics.json's)."""
     logits, labels = eval_pred
-    preds = np.asarray(logits).argmax(-1)
-    labels = np.asarray(labels)
-    k = int(max(np.asarray(logits).shape[-1], 1))
-    f1s = []
-    for c in range(k):
-        tp = np.sum((preds == c) & (labels == c))
-        fp = np.sum((preds == c) & (labels != c))
-        fn = np.sum((preds != c) & (labels == c))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float((preds == labels).mean()), "macro_f1": float(np.mean(f1s))}
+    logits = np.asarray(logits)
+    m = classification_metrics(labels, logits.argmax(-1), [str(c) for c in range(logits.shape[-1])])
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
 
 # ------------------------------------------------------------------ optimiser choice
@@ -162,7 +150,7 @@ _CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" i
                       else "gradient_checkpointing")
 
 
-def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Optional[float] = None,
+def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = None,
                        eval_enabled: bool = True) -> TrainingArguments:
     t = cfg.train
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -180,8 +168,8 @@ def training_arguments(cfg: Config, output_dir: Path, n_train: int, epochs: Opti
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=t.lr_scheduler,
         optim=resolve_optim(t.optim, device),
-        seed=t.seed,
-        data_seed=t.seed,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         eval_strategy=strategy,
@@ -263,10 +251,10 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     ``train.resume`` is set. ``callbacks``: extra ``TrainerCallback`` objects (e.g. the search's
     pruning callback).
     """
-    set_seed(cfg.train.seed)
+    set_seed(cfg.seed)
     tr = tokenize(train_ds, tokenizer, cfg.model.max_length)
     va = tokenize(val_ds.select_columns(["text", "label"]), tokenizer, cfg.model.max_length) if val_ds is not None else None
-    args = training_arguments(cfg, out_dir, len(tr), epochs, eval_enabled=va is not None)
+    args = training_arguments(cfg, out_dir, epochs, eval_enabled=va is not None)
     stopper = SaveAndStop(cfg.train.save_steps)
     callbacks = [stopper, *(callbacks or [])]
     if cfg.train.early_stopping_patience and va is not None:
@@ -297,23 +285,6 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     return trainer
 
 
-def last_complete_checkpoint(folder: Path) -> Optional[str]:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) parses;
-    incomplete ones, left by a kill during a save, are removed."""
-    done = []
-    for p in Path(folder).glob("checkpoint-*"):
-        step = p.name.rsplit("-", 1)[-1]
-        if not (p.is_dir() and step.isdigit()):
-            continue
-        try:
-            json.loads((p / "trainer_state.json").read_text())
-            done.append((int(step), p))
-        except (OSError, ValueError):
-            log.warning("removing incomplete checkpoint %s", p)
-            shutil.rmtree(p, ignore_errors=True)
-    return str(max(done)[1]) if done else None
-
-
 def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:
     """Save the LoRA adapter + tokenizer to ``run_dir/model`` and the log to ``train_log.json``."""
     with atomic_path(run_dir / "model") as tmp:
@@ -330,30 +301,9 @@ def _text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def load_teacher(teacher_dir: str | Path):
-    """(model, tokenizer, max_length) of a teacher: a trained lorafit run (``runs/<name>``), or any
-    sequence-classification model folder or Hub id (e.g. a full fine-tune)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from lorafit.model import ModelError, load_trained, resolve_model
-
-    if (Path(teacher_dir) / "model" / "adapter_config.json").is_file():
-        model, tok, tcfg = load_trained(teacher_dir)
-        return model, tok, tcfg.model.max_length
-    path = resolve_model(str(teacher_dir))
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"train.distill.teacher '{teacher_dir}': neither a lorafit run folder nor a loadable "
-                         f"sequence-classification model ({str(e)[:200]}).") from None
-    return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512)
-
-
 def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, batch_size: int = 128) -> np.ndarray:
-    """Logits of a trained lorafit run for ``texts``, computed once and cached by text hash."""
-    from lorafit.predict import predict_logits
-
+    """Logits of a teacher (a trained lorafit run or a classifier folder) for ``texts``, computed
+    once and cached by text hash."""
     cache: dict[str, np.ndarray] = {}
     if cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
@@ -361,8 +311,7 @@ def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, 
     keys = [_text_key(t) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
     if missing:
-        model, tok, max_length = load_teacher(teacher_dir)
-        new = predict_logits(model, tok, [t for _, t in missing], batch_size=batch_size, max_length=max_length)
+        new = predict_teacher(teacher_dir, [t for _, t in missing], batch_size=batch_size)
         cache.update({k: v for (k, _), v in zip(missing, new)})
         with atomic_path(cache_file, suffix=".npz") as tmp:
             np.savez(tmp, keys=np.array(list(cache)), logits=np.stack(list(cache.values())))
@@ -370,6 +319,13 @@ def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, 
     return np.stack([cache[k] for k in keys]).astype(np.float32)
 
 
-def clear_checkpoints(out_dir: Path) -> None:
-    if out_dir.is_dir():
-        shutil.rmtree(out_dir)
+def with_teacher_logits(cfg: Config, ds: datasets.Dataset, run_dir: Path) -> datasets.Dataset:
+    """``ds`` with a ``teacher_logits`` column when ``train.distill`` is enabled (cached in
+    ``run_dir/data/teacher_logits.npz``), else ``ds`` itself."""
+    d = cfg.train.distill
+    if not d.enabled:
+        return ds
+    logits = teacher_logits(d.teacher, ds["text"], run_dir / "data" / "teacher_logits.npz")
+    if "teacher_logits" in ds.column_names:
+        ds = ds.remove_columns("teacher_logits")
+    return ds.add_column("teacher_logits", logits.tolist())

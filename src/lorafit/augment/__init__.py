@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import datasets
 import numpy as np
+from scipy.special import softmax
 
 from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, sample_lengths
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.select import select_samples
 from lorafit.augment.synonyms import WordNetError, synonym_augment, synonym_finder
-from lorafit.config import Config, ConfigError
+from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
 from lorafit.io_utils import atomic_write_json
+from lorafit.precision import inference_precision
+from lorafit.predict import predict_teacher
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,16 @@ __all__ = [
     "select_samples", "WordNetError",
 ]
 
-TeacherPredict = Callable[[str, list], np.ndarray]
+
+def augmentation_enabled(cfg: Config) -> bool:
+    """Whether any augmentation step is on (otherwise the training set is used as it is)."""
+    a = cfg.augment
+    return bool(a.synonyms.enabled or a.lm.enabled or a.generate.enabled or a.extra)
+
+
+def teacher_probabilities(teacher_dir: str, texts: list[str]) -> np.ndarray:
+    """Class probabilities of the ``augment.select.teacher`` on the (raw) synthetic ``texts``."""
+    return softmax(predict_teacher(teacher_dir, texts, clean=CleanConfig()), axis=-1)
 
 
 def lm_output_dir(cfg: Config, run_dir: Path) -> Path:
@@ -56,7 +68,7 @@ def adapt_lm_stage(cfg: Config, target_texts: Sequence[str], run_dir: Path) -> P
         return out / "model"
     lm = cfg.augment.lm
     return adapt_language_model(lm.model, list(target_texts), out, epochs=lm.epochs, block_size=lm.block_size,
-                                batch_size=lm.batch_size, learning_rate=lm.learning_rate, seed=cfg.train.seed,
+                                batch_size=lm.batch_size, learning_rate=lm.learning_rate, seed=cfg.seed,
                                 max_steps=lm.max_steps, precision=cfg.train.precision)
 
 
@@ -93,8 +105,20 @@ def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank:
         generation_model(cfg, run_dir), bank, g.per_class, Path(run_dir) / "synthetic",
         a=a, loc=loc, scale=scale, min_words=g.length.min_words, max_words=g.length.max_words,
         top_k=g.top_k, top_p=g.top_p, temperature=g.temperature, repetition_penalty=g.repetition_penalty,
-        batch_size=g.batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size,
+        batch_size=g.batch_size, seed=cfg.seed, rank=rank, world_size=world_size, precision=inference_precision(cfg),
     )
+
+
+def check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
+    """Several processes must not adapt an LM or generate inside one `lorafit run` (they would
+    race on the same folders): under torchrun those stages run first, in their own commands."""
+    a = cfg.augment
+    if a.lm.enabled and not (lm_output_dir(cfg, run_dir) / "model" / "config.json").is_file():
+        raise ValueError("augment.lm is enabled but the adapted LM is not on disk yet; under several processes run "
+                         "`lorafit adapt-lm CONFIG` first (one process), then this command.")
+    if a.generate.enabled and not (Path(run_dir) / "synthetic" / "samples.jsonl").is_file():
+        raise ValueError("augment.generate is enabled but the samples are not on disk yet; run "
+                         "`torchrun --nproc_per_node=N -m lorafit.cli generate CONFIG` first, then this command.")
 
 
 def check_augment_inputs(cfg: Config, has_target: bool) -> None:
@@ -121,13 +145,10 @@ def check_augment_inputs(cfg: Config, has_target: bool) -> None:
                               "folder (runs/<name>) or a classifier model folder")
 
 
-def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional[datasets.Dataset], run_dir: Path,
-                          teacher_predict: Optional[TeacherPredict] = None) -> tuple[datasets.Dataset, dict]:
+def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional[datasets.Dataset],
+                          run_dir: Path) -> tuple[datasets.Dataset, dict]:
     """Run the augmentation steps the config enables; return the merged, shuffled training set
     (columns ``text``, ``label``) and a report, also written to ``<run_dir>/augment_report.json``.
-
-    ``teacher_predict(teacher_dir, texts) -> N x K probabilities`` is needed when
-    ``augment.select.teacher`` is set.
     """
     run_dir = Path(run_dir)
     a = cfg.augment
@@ -140,7 +161,7 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
 
     if a.synonyms.enabled:
         s = a.synonyms
-        syn = synonym_augment(base, s.fraction, s.copies, cfg.train.seed, s.max_samples, s.wordnet_dir)
+        syn = synonym_augment(base, s.fraction, s.copies, cfg.seed, s.max_samples, s.wordnet_dir)
         parts.append(syn.cast(features))
         rows["synonyms"] = len(syn)
 
@@ -165,12 +186,7 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
     if pool:
         pooled = datasets.concatenate_datasets(pool)
         if a.select.enabled:
-            probs = None
-            if a.select.teacher:
-                if teacher_predict is None:
-                    raise ConfigError("config key 'augment.select.teacher' is set, but this command has no teacher "
-                                      "predictor; run the full pipeline (`lorafit run`) or unset the key.")
-                probs = teacher_predict(a.select.teacher, pooled["text"][:])
+            probs = teacher_probabilities(a.select.teacher, pooled["text"][:]) if a.select.teacher else None
             pooled, report["selection"] = select_samples(
                 pooled, min_words=a.select.min_words, near_duplicate=a.select.near_duplicate,
                 reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence)
@@ -183,7 +199,7 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
             rows["extra"] = sources.count("extra")
         parts.append(pooled.remove_columns("source").cast(features))
 
-    merged = datasets.concatenate_datasets(parts).shuffle(seed=cfg.train.seed).flatten_indices()
+    merged = datasets.concatenate_datasets(parts).shuffle(seed=cfg.seed).flatten_indices()
     rows["total"] = len(merged)
     atomic_write_json(run_dir / "augment_report.json", report)
     log.info("augmented training set: %s", rows)

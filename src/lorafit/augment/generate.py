@@ -43,7 +43,7 @@ from lorafit.augment.lm_adapt import load_causal_lm
 from lorafit.data.clean import word_count
 from lorafit.data.io import DataError, resolve_path
 from lorafit.io_utils import atomic_write_json, atomic_write_text
-from lorafit.model import pick_precision
+from lorafit.precision import generation_precision, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,31 @@ def _encode_prompts(tokenizer, prompts: list[str], device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def max_positions(model) -> Optional[int]:
+    """Tokens the causal LM can attend over (GPT-2: 1,024), or None when its config has no limit."""
+    c = model.config
+    n = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def new_tokens_for(target_words: int) -> int:
+    """Tokens generated for a sample of ``target_words`` words: ~1.3 GPT-2 tokens per English
+    word; 1.5x leaves room, the text is cut to its target after."""
+    return math.ceil(1.5 * target_words) + 8
+
+
 def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shard_seed: int, *, top_k: int,
                     top_p: float, temperature: float, repetition_penalty: float, device) -> list[dict]:
     targets = [plan[i]["target_words"] for i in members]
     batch = _encode_prompts(tokenizer, [plan[i]["prompt"] for i in members], device)
-    # ~1.3 GPT-2 tokens per English word; 1.5x leaves room, the text is cut to its target after.
-    max_new_tokens = math.ceil(1.5 * max(targets)) + 8
+    max_new_tokens = new_tokens_for(max(targets))
+    limit = max_positions(model)
+    if limit is not None:  # past its positions GPT-2 fails (an index error; on CUDA a device-side assert)
+        room = limit - batch["input_ids"].shape[1]
+        if room < 1:
+            raise DataError(f"a prompt of {batch['input_ids'].shape[1]} tokens leaves no room in the {limit} "
+                            "positions of the LM; shorten the prompts in augment.generate.prompts.")
+        max_new_tokens = min(max_new_tokens, room)
     torch.manual_seed(shard_seed)
     with torch.inference_mode():
         out = model.generate(**batch, do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature,
@@ -222,14 +241,15 @@ def _length_stats(values) -> dict:
 def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_class: int, out_dir: os.PathLike | str,
                      *, a: float, loc: float, scale: float, min_words: int, max_words: int, top_k: int = 50,
                      top_p: float = 0.95, temperature: float = 1.0, repetition_penalty: float = 1.3,
-                     batch_size: int = 32, seed: int = 42, rank: int = 0, world_size: int = 1
-                     ) -> Optional[datasets.Dataset]:
+                     batch_size: int = 32, seed: int = 42, rank: int = 0, world_size: int = 1,
+                     precision: str = "auto") -> Optional[datasets.Dataset]:
     """Generate ``per_class`` samples for each class of ``prompt_bank`` with the LM at ``model_dir``.
 
     Returns a ``Dataset`` with columns text, label, prompt, seed (the shard seed) and target_words,
     in plan order: ``per_class * len(prompt_bank)`` rows, some possibly empty (a warning counts
     them). Returns None when this is one of several processes and other ranks' shards are still
-    missing; the process that completes the set assembles it.
+    missing; the process that completes the set assembles it. ``precision``: the LM's precision
+    (``auto``: bf16/fp16 on a GPU, fp32 on CPU; see :func:`lorafit.precision.generation_precision`).
     """
     out_dir = Path(out_dir)
     if not 0 <= rank < world_size:
@@ -253,11 +273,15 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
     if todo:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
-        prec = pick_precision("auto") if cuda else "fp32"
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
+        dtype = torch_dtype(generation_precision(precision, device))  # auto: fp32 on CPU
         tokenizer, model = load_causal_lm(str(model_dir), dtype=dtype)
         tokenizer.padding_side = "left"
         model.to(device).eval()
+        limit = max_positions(model)
+        if limit is not None and new_tokens_for(max_words) >= limit:
+            log.warning("augment.generate.length.max_words=%d asks for up to %d new tokens, but '%s' holds %d "
+                        "positions: the longest samples are cut to what fits after their prompt", max_words,
+                        new_tokens_for(max_words), model_dir, limit)
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard",
                    desc=f"generate{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
         for j in todo:

@@ -29,11 +29,11 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from lorafit.data.io import DataError
-from lorafit.io_utils import atomic_path, atomic_write_json
-from lorafit.model import ModelError, pick_precision, resolve_model
+from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.model import ModelError, resolve_model
+from lorafit.precision import pick_precision
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
     # length of generated texts is set by the sampled target lengths, not by learned stops.
     trainer = Trainer(model=lm, args=args, train_dataset=train_ds, processing_class=tokenizer,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None  # never a half-saved one
     if last:
         log.info("resuming LM adaptation from %s", last)
     start = time.time()

@@ -95,10 +95,10 @@ def prepare_data(cfg: Config) -> PreparedData:
         val = clean_dataset(load_labeled(d.validation, d.text_column, d.label_column, d.labels,
                                          "test", d.allow_pickle), cfg)
     else:
-        keep, held = stratified_split(source["label"], d.val_fraction, cfg.train.seed)
+        keep, held = stratified_split(source["label"], d.val_fraction, cfg.seed)
         train, val = source.select(keep), source.select(held)
-    train = subsample(train, d.max_train_samples, cfg.train.seed)
-    val = subsample(val, d.max_val_samples, cfg.train.seed)
+    train = subsample(train, d.max_train_samples, cfg.seed)
+    val = subsample(val, d.max_val_samples, cfg.seed)
     target = None
     if d.target:
         target = clean_dataset(load_unlabeled(d.target, d.target_text_column, allow_pickle=d.allow_pickle), cfg)
