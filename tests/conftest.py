@@ -80,6 +80,17 @@ def tiny_roberta_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: on tiny models thread synchronisation dominates."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def tiny_csvs(tmp_path) -> dict:
     """train.csv (96 rows), dev.csv (32 rows) and target.csv (16 unlabeled rows) in tmp_path."""

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_labeled_rows, tiny_overrides, write_csv
@@ -27,12 +26,7 @@ SEED = REPO / "configs" / "seed.yaml"
 PEFT_LINE = "trainable params: 916,996 || all params: 125,463,560 || trainable%: 0.7309"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread synchronisation dominates on 2 cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # A config of its own (defaults, augmentation off) so changes to the shipped demos do not change

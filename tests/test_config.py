@@ -60,8 +60,9 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     raw = yaml.safe_load(path.read_text())
-    if "base" in raw:  # the file states its differences from its base
-        raw = {**yaml.safe_load((path.parent / raw["base"]).read_text()), **raw}
+    while "base" in raw:  # the file states its differences from its base (which may have a base)
+        base = yaml.safe_load((path.parent / raw.pop("base")).read_text())
+        raw = {**base, **raw}
     assert cfg.name == raw["name"]
     assert cfg.model.name == raw["model"]["name"]
 
@@ -332,6 +333,10 @@ def test_saved_config_round_trips(tmp_path, path):
     ("augment.lm.learning_rate=-5e-5", "augment.lm.learning_rate", "> 0"),
     ("selftrain.epochs=-1", "selftrain.epochs", "> 0"),
     ("selftrain.per_class_cap=-5", "selftrain.per_class_cap", ">= 1"),
+    ("selftrain.mode=students", "selftrain.mode", "continue|student"),
+    ("selftrain.select_after_prior=true", "selftrain.select_after_prior", "set predict.prior"),
+    ("selftrain.keep_synthetic=2", "selftrain.keep_synthetic", "true or false"),
+    ("selftrain.proxy=", "selftrain.proxy", "must not be empty"),
     ("augment.select.teacher_confidence=1.5", "augment.select.teacher_confidence", "[0, 1]"),
     ("augment.select.teacher_confidence=-0.1", "augment.select.teacher_confidence", "[0, 1]"),
     ("predict.prior=unifrom", "predict.prior", "got 'unifrom'"),
@@ -477,3 +482,18 @@ def test_best_recipe_states_only_its_differences_from_the_baseline():
         "selftrain.epochs": (1.0, 0.3),
         "predict.prior": ("none", "uniform"),
     }
+
+
+def test_student_recipe_states_only_its_differences_from_the_best_recipe():
+    student = REPO / "configs" / "cpu-agnews-student.yaml"
+    assert yaml.safe_load(student.read_text())["base"] == "cpu-agnews-best.yaml"
+    best, cfg = load_config(REPO / "configs" / "cpu-agnews-best.yaml"), load_config(student)
+    assert config_changes(best, cfg) == {
+        "name": ("cpu-agnews-best", "cpu-agnews-student"),
+        "selftrain.mode": ("continue", "student"),
+        "selftrain.epochs": (0.3, 1.0),
+        "selftrain.per_class_cap": (None, 1000),
+        "selftrain.keep_synthetic": (True, False),
+    }
+    st = cfg.selftrain  # the measured student row: 1 round, >= 0.9, 1,000 per class, uniform prior at the end
+    assert (st.rounds, st.threshold, cfg.predict.prior, st.select_after_prior) == (1, 0.9, "uniform", False)

@@ -121,3 +121,132 @@ def test_selftrain_and_distillation_end_to_end(tiny_roberta_dir, tiny_csvs, tmp_
     assert sub[0] == "ID,Label" and len(sub) == n_target + 1
     saved = json.loads((tmp_path / "runs" / "student" / "metrics.json").read_text())
     assert saved["selftrain"] == rounds and math.isfinite(saved["val_accuracy"])
+
+
+# ------------------------------------------------------------------ teacher/student rounds (issue 11)
+
+
+def test_select_after_prior_balances_the_selection():
+    """A teacher that calls every target row class 0: selecting on its raw probabilities keeps
+    class 0 only; after the uniform prior is imposed, every class gets its two rows."""
+    from lorafit.selftrain import selection_probs
+
+    probs = np.full((8, 4), 0.05)
+    probs[:, 0] = 0.7
+    for i in range(8):  # rows 2j, 2j+1 lean towards class j as their second choice
+        probs[i, i // 2] += 0.2 if i // 2 else 0.15
+    probs /= probs.sum(1, keepdims=True)
+    raw = load_config(None, ["selftrain.enabled=true", "selftrain.threshold=0.0", "selftrain.per_class_cap=2",
+                             "predict.prior=uniform"])
+    same, prior_info = selection_probs(raw, probs)  # select_after_prior is off: the teacher's own
+    assert same is probs and prior_info is None
+    _, info = select_pseudo_labels(same, 0.0, 2)
+    assert info["kept_per_class"] == [2, 0, 0, 0]
+    cfg = raw.model_copy(update={"selftrain": raw.selftrain.model_copy(update={"select_after_prior": True})})
+    adjusted, prior_info = selection_probs(cfg, probs)
+    assert prior_info["mode"] == "uniform" and prior_info["changed"] == 6
+    keep, info = select_pseudo_labels(adjusted, 0.0, 2)
+    assert info["kept_per_class"] == [2, 2, 2, 2]
+    assert adjusted[keep].argmax(1).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def _lora_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "classifier" in k}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_path, monkeypatch):
+    """mode=student, 2 rounds: each round trains a freshly initialised adapter (seed + round) on the
+    cleaned source rows (not the extra rows) + the previous model's capped pseudo-labels; the
+    last student is saved, evaluated and predicts the submission as `lorafit predict` does."""
+    from scipy.special import softmax
+    from typer.testing import CliRunner
+
+    import lorafit.pipeline as pipeline
+    import lorafit.selftrain as selftrain
+    from conftest import write_csv
+    from lorafit.cli import app
+    from lorafit.data import prepare_data
+    from lorafit.model import build_model, load_trained
+    from lorafit.predict import predict_with_config
+
+    extra = write_csv(tmp_path / "extra.csv", [{"text": f"Extra story number {i} about the markets", "label": i % 4}
+                                                for i in range(8)])
+    cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
+        "name=student", f"augment.extra=[{extra}]", "augment.select.enabled=false",
+        "selftrain.enabled=true", "selftrain.mode=student", "selftrain.rounds=2", "selftrain.threshold=0.0",
+        "selftrain.per_class_cap=2", "selftrain.keep_synthetic=false", "selftrain.weight=0.5",
+        "selftrain.epochs=1", "selftrain.select_after_prior=true", f"selftrain.proxy={tiny_csvs['dev']}",
+        "predict.prior=uniform"]))
+
+    seen = {"main": [], "rounds": []}
+    real_main, real_round = pipeline.train_model, selftrain.train_model
+
+    def main_train(cfg_, model, *a, **kw):
+        trainer = real_main(cfg_, model, *a, **kw)
+        seen["main"].append((model, _lora_state(model)))
+        return trainer
+
+    def round_train(cfg_, model, tokenizer, train_ds, *a, **kw):
+        start = _lora_state(model)
+        trainer = real_round(cfg_, model, tokenizer, train_ds, *a, **kw)
+        pseudo = [i for i, w in enumerate(train_ds["weight"]) if w == 0.5]
+        texts = [train_ds["text"][i] for i in pseudo]
+        seen["rounds"].append({"cfg": cfg_, "model": model, "start": start, "end": _lora_state(model),
+                               "rows": len(train_ds), "pseudo_texts": texts,
+                               "pseudo_labels": [train_ds["label"][i] for i in pseudo], "tokenizer": tokenizer})
+        return trainer
+
+    monkeypatch.setattr(pipeline, "train_model", main_train)
+    monkeypatch.setattr(selftrain, "train_model", round_train)
+    m = pipeline.run(cfg)
+
+    (teacher, teacher_end), = seen["main"]
+    r1, r2 = seen["rounds"]
+    # fresh adapters: each round starts from a model built anew with seed + round, not from its teacher
+    for r, info in ((1, r1), (2, r2)):
+        assert info["cfg"].seed == cfg.seed + r
+        assert _same(info["start"], _lora_state(build_model(cfg.model_copy(update={"seed": cfg.seed + r}))))
+    assert r1["model"] is not teacher and r2["model"] is not r1["model"]
+    assert not _same(r1["start"], teacher_end) and not _same(r2["start"], r1["end"])
+    rounds = m["selftrain"]
+    # teacher -> student -> student: round 2's pseudo-labels are round 1's student's predictions
+    # (in student mode a round's model is not touched after its round)
+    assert len(r2["pseudo_texts"]) == rounds[1]["kept"] > 0
+    target = prepare_data(cfg).target["text"][:]
+    logits = predict_with_config(r1["model"], r1["tokenizer"], cfg, target)
+    probs, _ = selftrain.selection_probs(cfg, softmax(logits, -1))
+    keep, _ = select_pseudo_labels(probs, 0.0, 2)
+    assert sorted(zip(r2["pseudo_texts"], r2["pseudo_labels"])) == sorted(
+        (target[i], int(probs[i].argmax())) for i in keep)
+    # gold = the 96 cleaned source rows only (keep_synthetic=false), not the 104 augmented rows
+    assert m["train_rows"] == 104 and m["data"]["train_rows"] == 96
+    for rec, info in zip(rounds, (r1, r2)):
+        assert rec["mode"] == "student" and rec["gold_rows"] == 96
+        assert rec["kept_per_class"] == [min(n, 2) for n in rec["confident_per_class"]]  # capped at 2 per class
+        assert rec["train_rows"] == info["rows"] == 96 + rec["kept"] and len(info["pseudo_texts"]) == rec["kept"]
+        assert rec["selection_prior"]["mode"] == "uniform"
+        assert 0 <= rec["target_changed"] <= 16 and 0.0 <= rec["val_accuracy"] <= 1.0
+        assert 0.0 <= rec["proxy_accuracy"] <= 1.0 and "proxy_accuracy_prior" in rec
+    assert "teacher_val_accuracy" in rounds[0] and "teacher_val_accuracy" not in rounds[1]
+    assert rounds[1]["target_distribution_before"] == rounds[0]["target_distribution_after"]
+    # labels changed: round 2's model against its teacher (round 1's); dev accuracy of round 2's model
+    last = predict_with_config(r2["model"], r2["tokenizer"], cfg, target).argmax(1)
+    assert rounds[1]["target_changed"] == int((last != logits.argmax(1)).sum())
+    val = prepare_data(cfg).val
+    dev = predict_with_config(r2["model"], r2["tokenizer"], cfg, val["text"], clean=False).argmax(1)
+    assert rounds[1]["val_accuracy"] == pytest.approx(float((dev == np.asarray(val["label"])).mean()))
+    saved = json.loads((cfg.run_dir / "metrics.json").read_text())
+    assert saved["selftrain"] == rounds
+    # the run's model is the last student: its saved adapter holds round 2's weights ...
+    loaded, tok, _ = load_trained(cfg.run_dir, merge=False)
+    assert _same(_lora_state(loaded), r2["end"])
+    # ... and `lorafit predict` with it writes the run's submission
+    out = tmp_path / "again.csv"
+    res = CliRunner().invoke(app, ["predict", str(cfg.run_dir), "-o", str(out), "--no-reuse-probs"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == (cfg.run_dir / "submission.csv").read_text()
+    assert "(student)" in (cfg.run_dir / "summary.md").read_text()

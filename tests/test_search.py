@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -34,12 +33,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUDGET = 3000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread synchronisation dominates on 2 cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def search_config(root: Path, model_dir: Path, search: dict, **train) -> Path:

@@ -405,18 +405,41 @@ class AugmentConfig(Section):
 
 
 class SelfTrainConfig(Section):
-    """Self-training on the unlabeled target set: per round, predict the target texts, keep
-    pseudo-labels with confidence >= threshold, at most ``per_class_cap`` per class (null = the
-    smallest class's count, so classes stay balanced), add them with ``weight`` (or as soft labels)
-    and continue training for ``epochs``."""
+    """Self-training on the unlabeled target set: per round, the current model (the teacher)
+    predicts the target texts; pseudo-labels with confidence >= ``threshold`` are kept, at most
+    ``per_class_cap`` per class, the most confident first; a model is trained for ``epochs`` on the
+    gold rows + those pseudo-labels and becomes the next round's teacher (after the last round,
+    the run's model).
+
+    enabled: run the rounds (needs data.target). rounds: how many.
+    mode: ``continue`` (default) trains the same adapter further in each round; ``student`` trains a
+        fresh adapter each round (re-initialised with seed + round, fresh optimizer and schedule).
+    threshold: least confidence of a kept pseudo-label, in [0, 1).
+    per_class_cap: most pseudo-labels per class; null = the smallest non-zero class's confident
+        count, so classes stay balanced.
+    select_after_prior: impose ``predict.prior`` (e.g. uniform: a balanced Sinkhorn assignment) on
+        the teacher's target probabilities before thresholding and capping (needs predict.prior
+        other than none). The prior on the final predictions is applied by predict as always.
+    keep_synthetic: the gold rows are the training set with its augmented/synthetic rows (true,
+        default) or the cleaned source rows only (false).
+    weight: loss weight of a pseudo-labeled row, in (0, 1]. soft_labels: train on the teacher's
+        probabilities instead of its argmax.
+    epochs: training epochs per round (> 0; fractions allowed).
+    proxy: optional labeled file (e.g. held-out synthetic samples) whose accuracy is recorded per
+        round next to the validation accuracy; null = none.
+    """
 
     enabled: Bool = False
     rounds: Count = 2
+    mode: Literal["continue", "student"] = "continue"
     threshold: Float(0, 1, hi_open=True) = 0.9
     per_class_cap: Optional[Count] = None
+    select_after_prior: Bool = False
+    keep_synthetic: Bool = True
     weight: Float(0, 1, lo_open=True) = 1.0
     soft_labels: Bool = False
     epochs: Float(0, lo_open=True) = 1
+    proxy: Optional[NonEmpty] = None
 
 
 def _prior(v):
@@ -709,6 +732,9 @@ class Config(Section):
         if isinstance(prior, list) and len(prior) != len(self.data.labels):
             raise _error(f"has {len(prior)} proportions but data.labels has {len(self.data.labels)} classes",
                          "predict.prior")
+        if self.selftrain.select_after_prior and prior == "none":
+            raise _error("needs a prior to impose: set predict.prior (e.g. uniform), or select_after_prior=false",
+                         "selftrain.select_after_prior")
         return self
 
     @property

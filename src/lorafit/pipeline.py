@@ -1,7 +1,7 @@
 """The recipe of ``lorafit run``: one call per stage, top to bottom.
 
 data -> check inputs and budget -> model -> augment -> train (optional distillation) -> self-train
-on the target set -> save -> evaluate -> predict the target set (label prior) -> submission,
+on the target set (teacher/student rounds) -> save -> evaluate -> predict the target set (label prior) -> submission,
 metrics, summary, report.
 
 Everything lands in ``<output_dir>/<name>/``. Nothing is written there until the config, the data,
@@ -25,7 +25,7 @@ from lorafit.augment import (augment_training_data, augmentation_enabled, check_
                              check_augmentation_ready)
 from lorafit.budget import check_budget
 from lorafit.config import Config, check_run_dir, save_config
-from lorafit.data import PreparedData, prepare_data
+from lorafit.data import PreparedData, load_labeled, prepare_data
 from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
@@ -54,6 +54,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     log.info("data: %s", data.stats)
     timer.lap("data" if prepared is None else "startup")  # startup: the model stack's imports after the CLI's data
     check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
+    proxy = load_proxy(cfg)  # a bad selftrain.proxy file fails here, before training
     budget = check_budget(cfg)  # before any weight is loaded
     tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
     assert model.get_nb_trainable_parameters()[0] == budget.trainable, "budget count and loaded model disagree"
@@ -73,7 +74,9 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     timer.lap("train")
     selftrain = SelfTrainResult()
     if cfg.selftrain.enabled and data.target is not None:
-        selftrain = self_train(cfg, model, tokenizer, train, data.val, data.target["text"], run_dir)
+        selftrain = self_train(cfg, model, tokenizer, train, data.val, data.target["text"], run_dir,
+                               source=data.train, proxy=proxy)
+        model = selftrain.model  # the last round's model (a fresh student in student mode) is the run's
         timer.lap("selftrain")
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
         return {}
@@ -98,6 +101,15 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
         timer.lap("predict")
     finish_run(cfg, run_dir, metrics, timer, data.target)
     return metrics
+
+
+def load_proxy(cfg: Config) -> Optional[datasets.Dataset]:
+    """The labeled ``selftrain.proxy`` set scored per self-training round, or None."""
+    st = cfg.selftrain
+    if not (st.enabled and st.proxy):
+        return None
+    return load_labeled(st.proxy, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
+                        allow_pickle=cfg.data.allow_pickle)
 
 
 def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
@@ -153,6 +165,10 @@ def summary(cfg: Config, m: dict) -> str:
         dist = ", ".join(f"{n} {c}" for n, c in zip(names, m["target"]["predicted_distribution"]))
         lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")
     for r in m.get("selftrain", []):
-        lines.append(f"- self-training round {r['round']}: kept {r['kept_per_class']} per class")
+        scores = "".join(f"; {name} {100 * r[key]:.2f}%" for key, name in
+                         (("val_accuracy", "validation accuracy"), ("proxy_accuracy", "proxy accuracy")) if key in r)
+        changed = f"; {r['target_changed']:,} target labels changed" if "target_changed" in r else ""
+        lines.append(f"- self-training round {r['round']} ({r.get('mode', 'continue')}): kept {r['kept_per_class']} "
+                     f"per class{changed}{scores}")
     lines.append(f"- files: {cfg.run_dir}/ (report.html, config.yaml, metrics.json, curves.png, model/)")
     return "\n".join(lines) + "\n"

@@ -214,12 +214,16 @@ def _data(f: dict) -> str:
             numeric={1})
     out += "<h3>Self-training</h3>"
     if st:
-        out += table(["round", "confident per class", "cap", "pseudo-labels kept per class", "kept",
-                      "target predicted before", "after"],
-                     [[num(r.get("round")), per_class(r.get("confident_per_class")), num(r.get("cap")),
-                       per_class(r.get("kept_per_class")), num(r.get("kept")),
-                       per_class(r.get("target_distribution_before")), per_class(r.get("target_distribution_after"))]
-                      for r in st], numeric={0, 2, 4})
+        score = lambda x: pct(x) if isinstance(x, float) else ""  # noqa: E731 (absent in older runs)
+        out += table(["round", "mode", "confident per class", "cap", "pseudo-labels kept per class", "kept",
+                      "trained on", "target predicted before", "after", "labels changed", "validation acc",
+                      "proxy acc"],
+                     [[num(r.get("round")), esc(r.get("mode", "continue")), per_class(r.get("confident_per_class")),
+                       num(r.get("cap")), per_class(r.get("kept_per_class")), num(r.get("kept")),
+                       num(r.get("train_rows", "")), per_class(r.get("target_distribution_before")),
+                       per_class(r.get("target_distribution_after")), num(r.get("target_changed", "")),
+                       score(r.get("val_accuracy")), score(r.get("proxy_accuracy"))]
+                      for r in st], numeric={0, 3, 5, 6, 9, 10, 11})
     else:
         out += missing("No self-training rounds in this run.")
     return out
@@ -405,7 +409,7 @@ def render_model_card(cfg, m: dict) -> str:
                + (f" ({ar.get('synthetic_generated', 0):,} generated, {ar.get('synthetic', 0):,} kept by selection)"
                   if "synthetic_generated" in ar else ""))
     out.append("- self-training on the target set: "
-               + (f"{st.rounds} round(s), threshold {st.threshold:g}" if st.enabled else "off"))
+               + (f"{st.rounds} round(s) ({st.mode}), threshold {st.threshold:g}" if st.enabled else "off"))
     out += ["", "## Settings", "",
             f"- LoRA: r={lo.r}, alpha={lo.lora_alpha:g}, dropout={lo.lora_dropout:g}, target modules "
             f"{list(lo.target_modules)}, bias={lo.bias}, modules_to_save={lo.modules_to_save}",

@@ -1,11 +1,21 @@
-"""Self-training on the unlabeled target set.
+"""Self-training on the unlabeled target set: teacher/student rounds.
 
-Each round: predict the target texts, keep pseudo-labels whose confidence reaches
-``selftrain.threshold`` (at most ``per_class_cap`` per class, the most confident first, so classes
-stay balanced), add them to the labeled data with weight ``selftrain.weight`` (or as soft labels),
-and continue training the same adapter for ``selftrain.epochs``. Each round's pseudo-labels join
-the gold rows of the (augmented) training set, reshuffled with ``seed + round``; its checkpoints go
-to ``<run>/selftrain/round-N``.
+Each round the current model (the teacher; in round 1 the trained model) predicts the target
+texts; pseudo-labels whose confidence reaches ``selftrain.threshold`` are kept (at most
+``per_class_cap`` per class, the most confident first, so classes stay balanced; with
+``select_after_prior`` after ``predict.prior`` is imposed on the teacher's probabilities), added
+to the gold rows with weight ``selftrain.weight`` (or as soft labels), reshuffled with
+``seed + round``, and a model is trained on them for ``selftrain.epochs``:
+
+- ``mode: continue``: the same adapter, trained further;
+- ``mode: student``: a fresh adapter (re-initialised with ``seed + round``, its own optimizer and
+  schedule).
+
+The round's model is the next round's teacher and, after the last round, the run's model. The
+gold rows are the (augmented) training set, or the cleaned source rows only when
+``keep_synthetic`` is false. Each round's checkpoints go to ``<run>/selftrain/round-N`` (a rerun
+resumes them), and each round records its pseudo-label counts, the target labels it changed
+against its teacher, and the validation (and ``selftrain.proxy``) accuracy of its model.
 """
 
 from __future__ import annotations
@@ -13,14 +23,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import datasets
 import numpy as np
 from scipy.special import softmax
 
 from lorafit.config import Config, SelfTrainConfig
-from lorafit.predict import predict_with_config
+from lorafit.model import build_model
+from lorafit.predict import label_prior, predict_with_config
+from lorafit.prior import adjust_predictions
 from lorafit.report import distribution
 from lorafit.train import train_model, with_teacher_logits
 
@@ -29,35 +41,90 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SelfTrainResult:
-    rounds: list = field(default_factory=list)  # per round: pseudo-label counts, target distribution before/after
+    rounds: list = field(default_factory=list)  # per round: pseudo-label counts, label changes, accuracies
     history: list = field(default_factory=list)  # the rounds' Trainer logs, each entry marked with its round
     target_logits: Optional[np.ndarray] = None  # the last round's target predictions (reused for the submission)
+    model: Any = None  # the last round's model: the run's model (the input model itself in continue mode)
 
 
-def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: datasets.Dataset,
-               target_texts: list[str], run_dir: Path) -> SelfTrainResult:
-    """``selftrain.rounds`` rounds of pseudo-labeling the target texts and training ``model`` (in
-    place) on them with the gold rows of ``train``."""
+def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Optional[datasets.Dataset],
+               target_texts: list[str], run_dir: Path, source: Optional[datasets.Dataset] = None,
+               proxy: Optional[datasets.Dataset] = None) -> SelfTrainResult:
+    """``selftrain.rounds`` teacher/student rounds on the target texts, starting from ``model``.
+
+    ``train``: the (augmented) training set; ``source``: the cleaned source rows (the gold rows
+    when ``selftrain.keep_synthetic`` is false; defaults to ``train``). ``proxy``: an optional
+    labeled set scored per round. Returns the rounds' records, logs, the last model and its
+    target logits."""
     st, k = cfg.selftrain, len(cfg.data.labels)
-    result = SelfTrainResult()
-    gold = with_training_columns(train.select_columns(["text", "label"]), k, st.soft_labels)
-    logits = predict_with_config(model, tokenizer, cfg, target_texts, progress=True)
+    rows = train if st.keep_synthetic or source is None else source
+    gold = with_training_columns(rows.select_columns(["text", "label"]), k, st.soft_labels)
+    gold_prior = label_prior(gold["label"], k)
+    result, teacher = SelfTrainResult(), model
+    logits = predict_with_config(teacher, tokenizer, cfg, target_texts, progress=True)
+    teacher_scores = round_scores(cfg, teacher, tokenizer, val, proxy, gold_prior)
     for r in range(1, st.rounds + 1):
         probs = softmax(logits, axis=-1)
-        before = distribution(probs.argmax(1), k)
-        pseudo, info = pseudo_labeled_set(target_texts, probs, st)
+        before = probs.argmax(1)
+        chosen, prior_info = selection_probs(cfg, probs, gold_prior)
+        pseudo, info = pseudo_labeled_set(target_texts, chosen, st)
         merged = datasets.concatenate_datasets([gold, pseudo.cast(gold.features)]).shuffle(seed=cfg.seed + r)
-        trainer = train_model(cfg, model, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
+        if st.mode == "student":  # a fresh adapter and head, initialised from this round's seed
+            round_cfg = cfg.model_copy(update={"seed": cfg.seed + r})
+            student = build_model(round_cfg, weights=True)
+        else:
+            round_cfg, student = cfg, teacher
+        log.info("self-training round %d (%s): %d gold + %d pseudo-labeled rows %s", r, st.mode, len(gold),
+                 info["kept"], info["kept_per_class"])
+        trainer = train_model(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
                               Path(run_dir) / "selftrain" / f"round-{r}", epochs=st.epochs)
         result.history += [{**h, "selftrain_round": r} for h in trainer.state.log_history]
-        logits = predict_with_config(model, tokenizer, cfg, target_texts, progress=True)
-        info.update(round=r, target_distribution_before=before,
-                    target_distribution_after=distribution(logits.argmax(1), k))
-        log.info("self-training round %d: kept %s per class; target distribution %s -> %s",
-                 r, info["kept_per_class"], before, info["target_distribution_after"])
+        logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
+        after = logits.argmax(1)
+        scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior)
+        info.update(round=r, mode=st.mode, gold_rows=len(gold), train_rows=len(merged),
+                    target_distribution_before=distribution(before, k),
+                    target_distribution_after=distribution(after, k),
+                    target_changed=int((after != before).sum()), **scores)
+        if prior_info is not None:
+            info["selection_prior"] = {"mode": prior_info["mode"], "changed": prior_info["changed"]}
+        if r == 1:  # the starting model's scores, to compare the rounds with
+            info.update({f"teacher_{key}": v for key, v in teacher_scores.items()})
+        log.info("self-training round %d: kept %s per class; %d target labels changed; target distribution %s -> %s%s",
+                 r, info["kept_per_class"], info["target_changed"], info["target_distribution_before"],
+                 info["target_distribution_after"],
+                 "".join(f"; {key} {v:.4f}" for key, v in scores.items()))
         result.rounds.append(info)
-    result.target_logits = logits
+        teacher = student
+    result.target_logits, result.model = logits, teacher
     return result
+
+
+def selection_probs(cfg: Config, probs: np.ndarray, train_prior: Optional[np.ndarray] = None
+                    ) -> tuple[np.ndarray, Optional[dict]]:
+    """The probabilities pseudo-labels are selected from: the teacher's, or with
+    ``selftrain.select_after_prior`` those adjusted to ``predict.prior`` (and the prior's info)."""
+    if not cfg.selftrain.select_after_prior:
+        return probs, None
+    adjusted, info = adjust_predictions(probs, cfg.predict.prior, train_prior=train_prior)
+    return adjusted, info
+
+
+def round_scores(cfg: Config, model, tokenizer, val: Optional[datasets.Dataset], proxy: Optional[datasets.Dataset],
+                 train_prior: np.ndarray) -> dict:
+    """Validation accuracy of ``model`` and, with a proxy set, its accuracy there (plain argmax,
+    and with ``predict.prior`` applied when one is set)."""
+    out = {}
+    if val is not None and len(val):
+        logits = predict_with_config(model, tokenizer, cfg, val["text"], clean=False)  # prepared sets are clean
+        out["val_accuracy"] = float((logits.argmax(1) == np.asarray(val["label"])).mean())
+    if proxy is not None and len(proxy):
+        logits, labels = predict_with_config(model, tokenizer, cfg, proxy["text"]), np.asarray(proxy["label"])
+        out["proxy_accuracy"] = float((logits.argmax(1) == labels).mean())
+        if cfg.predict.prior != "none":
+            adjusted, _ = adjust_predictions(softmax(logits, axis=-1), cfg.predict.prior, train_prior=train_prior)
+            out["proxy_accuracy_prior"] = float((adjusted.argmax(1) == labels).mean())
+    return out
 
 
 def select_pseudo_labels(probs: np.ndarray, threshold: float, per_class_cap: Optional[int]) -> tuple[np.ndarray, dict]:
