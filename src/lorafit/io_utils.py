@@ -149,12 +149,13 @@ def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process ``pid`` on this host may still run (False only when it certainly does not)."""
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
+    except (PermissionError, OverflowError, ValueError, TypeError):
         return True  # someone else's process, or not a pid we can judge: leave its files alone
     return True
 
@@ -171,7 +172,7 @@ def remove_stale_temporaries(path: os.PathLike | str) -> list[Path]:
             if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
                 continue
             pid = p.name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(pid):
                 _remove(p)
                 removed.append(p)
     return removed
@@ -219,6 +220,16 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def texts_digest(texts) -> str:
+    """SHA-1 of a sequence of texts (order included): which texts saved results were computed for."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:

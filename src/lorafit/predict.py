@@ -14,7 +14,6 @@ once, one core each. ``bench/run.py`` measures this against the report's style (
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lorafit.config import CleanConfig, Config
 from lorafit.data.clean import clean_text, clip_text
-from lorafit.io_utils import atomic_path, atomic_write_text
+from lorafit.io_utils import atomic_path, atomic_write_text, texts_digest
 from lorafit.model import load_teacher, load_trained
 from lorafit.precision import autocast, inference_precision, pick_precision
 from lorafit.prior import adjust_predictions
@@ -254,13 +253,6 @@ def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, r
     return {"rows": len(texts), "predicted_distribution": distribution(preds, k),
             "raw_distribution": distribution(probs.argmax(1), k),
             "mean_confidence": float(probs.max(1).mean()), "prior": info}
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    h = hashlib.sha1()
-    for t in texts:
-        h.update(t.encode("utf-8") + b"\0")
-    return h.hexdigest()
 
 
 def save_target_probs(path: Path, probs: np.ndarray, texts: Sequence[str]) -> None:

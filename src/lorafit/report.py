@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lorafit.io_utils import atomic_write_bytes, atomic_write_text
+from lorafit.config import flatten
+from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
 from lorafit.report_page import esc, page, pct, render_model_card, render_report, table
 
 log = logging.getLogger(__name__)
@@ -308,15 +309,15 @@ def _synthetic_samples(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _target_probs(run_dir: Path, n_texts: Optional[int]) -> Optional[np.ndarray]:
+def _target_probs(run_dir: Path, texts: Optional[Sequence[str]]) -> Optional[np.ndarray]:
+    """The run's saved target probabilities; None when absent or saved for other texts than ``texts``."""
     path = run_dir / "target_probs.npz"
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as z:
-        probs = z["probs"].astype(np.float64)
-    if n_texts is not None and len(probs) != n_texts:
-        return None  # computed for another target set
-    return probs
+        if texts is not None and str(z["digest"]) != texts_digest(texts):
+            return None  # computed for another target set
+        return z["probs"].astype(np.float64)
 
 
 def _submission_labels(run_dir: Path, n: int) -> Optional[np.ndarray]:
@@ -391,7 +392,7 @@ def report_facts(run_dir: Path | str, target_texts: Optional[Sequence[str]] = No
                           for c, name in enumerate(labels)}
 
     # target predictions: examples, distributions before/after the prior, the EM estimate
-    probs = _target_probs(run_dir, len(target_texts) if target_texts is not None else None)
+    probs = _target_probs(run_dir, target_texts)
     tm = m.get("target") or {}
     f["target_examples"], f["prior"] = None, None
     if probs is not None and probs.shape[1] == k:
@@ -460,17 +461,6 @@ def png_b64(fig) -> str:
 # ------------------------------------------------------------------ comparing runs
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _cell(v) -> str:
     if v is None:
         return "null"
@@ -489,7 +479,7 @@ def compare_runs(run_dirs: Sequence[Path | str]) -> tuple[list[str], list[tuple[
         names = [str(r["dir"]) for r in runs]
     # the resolved config (defaults filled in) where it loads, so a key a newer lorafit added does not
     # show as a difference; the raw YAML otherwise
-    flat = [_flatten(r["cfg"].to_dict() if r["cfg"] is not None else r["config"]) for r in runs]
+    flat = [flatten(r["cfg"].to_dict() if r["cfg"] is not None else r["config"]) for r in runs]
     rows: list[tuple[str, list[str]]] = []
     keys: list[str] = []
     for f in flat:

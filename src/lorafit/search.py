@@ -52,7 +52,7 @@ from transformers import TrainerCallback
 
 from lorafit.config import (Config, ConfigError, SearchConfig, config_field_type, load_config, merge_overrides,
                             objective_terms)
-from lorafit.io_utils import atomic_write_bytes, atomic_write_text
+from lorafit.io_utils import atomic_write_bytes, atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -230,23 +230,13 @@ def requeue(study: optuna.Study, trial, retries: int) -> None:
         "retry_of": trial.number})
 
 
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
-    return True
-
-
 def reap_dead_trials(study: optuna.Study, retries: int) -> list[int]:
     """Mark RUNNING trials whose process on this host is gone as failed (and re-queue them) at
     once, without waiting for the heartbeat's grace period. Returns their numbers."""
     host, storage, reaped = socket.gethostname(), study._storage, []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
+        if t.user_attrs.get("host") != host or pid is None or pid_alive(pid):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "error", f"process {pid} died while it ran the trial")
