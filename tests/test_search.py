@@ -116,6 +116,16 @@ def test_budget_first_pruning_results_and_best_config(tiny_roberta_dir, tmp_path
     assert len(load_study(tmp_path).trials) == 3 and again["best"]["trial"] == 0
 
 
+def _complete_checkpoint(folder) -> bool:
+    for p in folder.glob("checkpoint-*"):
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
 def _wait_for(predicate, timeout: float, proc=None):
     end = time.time() + timeout
     while time.time() < end:
@@ -140,7 +150,9 @@ def test_resume_after_kill(tiny_roberta_dir, tmp_path, caplog):
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = tmp_path / "runs" / "tiny-search"
     try:  # kill once the second trial has a checkpoint
-        assert _wait_for(lambda: any((runs / "trial-1" / "checkpoints").glob("checkpoint-*")), 240, proc)
+        # a complete checkpoint (trainer_state.json written, Trainer's last file): a kill in the
+        # middle of a save leaves an incomplete one, which the rerun rightly discards
+        assert _wait_for(lambda: _complete_checkpoint(runs / "trial-1" / "checkpoints"), 240, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
