@@ -75,6 +75,9 @@ def test_metrics_record_stage_times_and_environment(full_run):
     env = m["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["torch_threads"] >= 1
     assert {"transformers", "peft", "python"} <= set(env)
+    # the kernels' instruction set, so numbers from two machines can be told apart (issue 11, item 6)
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(env["cpu_bf16"]) <= {"amx_bf16", "avx512_bf16"}
 
 
 def test_report_has_every_section(full_run):

@@ -20,32 +20,52 @@ from lorafit.model import build_model, load_base_model
 
 @dataclass
 class BudgetReport:
-    trainable: int
+    trainable: int  # of every adapter of the run's model together: what the budget limits
     total: int
     max_trainable: int
-    breakdown: dict = field(default_factory=dict)  # lora / biases / classifier head / other
-    contributors: list = field(default_factory=list)  # [(module pattern, count)], largest first
+    breakdown: dict = field(default_factory=dict)  # lora / biases / classifier head / other (one adapter)
+    contributors: list = field(default_factory=list)  # [(module pattern, count)], largest first (one adapter)
+    adapters: int = 1  # adapters the run's model averages (train.adapters, selftrain.students, ...)
+    per_adapter: int = 0  # trainable parameters of one adapter (PEFT's count); 0: ``trainable``
+
+    def __post_init__(self):
+        self.per_adapter = self.per_adapter or self.trainable
 
     @property
     def within(self) -> bool:
         return self.trainable <= self.max_trainable
 
+    def times(self, adapters: int) -> "BudgetReport":
+        """This one-adapter count for a model of ``adapters`` such adapters on one base (the frozen
+        base counted once)."""
+        n = self.per_adapter
+        return BudgetReport(n * adapters, self.total + (adapters - 1) * n, self.max_trainable, self.breakdown,
+                            self.contributors, adapters, n)
+
     def peft_line(self) -> str:
-        return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
-                f"trainable%: {100 * self.trainable / self.total:.4f}")
+        """PEFT's line for one adapter."""
+        one = self.total - (self.adapters - 1) * self.per_adapter
+        return (f"trainable params: {self.per_adapter:,} || all params: {one:,} || "
+                f"trainable%: {100 * self.per_adapter / one:.4f}")
 
     def render(self) -> str:
         lines = [self.peft_line()]
         for k, v in self.breakdown.items():
             lines.append(f"  {k:<16} {v:>12,}")
+        if self.adapters > 1:
+            lines.append(f"  {f'x {self.adapters} adapters':<16} {self.trainable:>12,}  "
+                         f"({self.adapters} x {self.per_adapter:,}: the run's model averages {self.adapters} adapters)")
         lines.append(f"  {'budget':<16} {self.max_trainable:>12,}  "
                      + ("OK" if self.within else f"EXCEEDED by {self.trainable - self.max_trainable:,}"))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"trainable": self.trainable, "total": self.total, "max_trainable": self.max_trainable,
-                "within_budget": self.within, "breakdown": self.breakdown,
-                "largest_contributors": [{"module": m, "params": n} for m, n in self.contributors]}
+        out = {"trainable": self.trainable, "total": self.total, "max_trainable": self.max_trainable,
+               "within_budget": self.within, "breakdown": self.breakdown,
+               "largest_contributors": [{"module": m, "params": n} for m, n in self.contributors]}
+        if self.adapters > 1:
+            out.update(adapters=self.adapters, trainable_per_adapter=self.per_adapter)
+        return out
 
 
 def _category(name: str) -> str:
@@ -75,8 +95,10 @@ def count_parameters(model, max_trainable: int) -> BudgetReport:
 
 
 def count_budget(cfg: Config) -> BudgetReport:
-    """Build the LoRA model on the meta device from its config and count parameters."""
-    return count_parameters(build_model(cfg, weights=False), cfg.budget.max_trainable)
+    """Build the LoRA model on the meta device from its config and count parameters: one adapter's,
+    times the adapters the run's model averages (:attr:`lorafit.config.Config.predictor_adapters`)."""
+    report = count_parameters(build_model(cfg, weights=False), cfg.budget.max_trainable)
+    return report.times(cfg.predictor_adapters) if cfg.predictor_adapters > 1 else report
 
 
 def check_budget(cfg: Config) -> BudgetReport:
@@ -84,8 +106,10 @@ def check_budget(cfg: Config) -> BudgetReport:
     report = count_budget(cfg)
     if not report.within:
         top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
+        several = (f" ({report.adapters} adapters x {report.per_adapter:,}: fewer train.adapters / selftrain.students "
+                   "also fit)" if report.adapters > 1 else "")
         raise BudgetExceeded(
-            f"trainable parameters {report.trainable:,} exceed budget.max_trainable={report.max_trainable:,} "
+            f"trainable parameters {report.trainable:,}{several} exceed budget.max_trainable={report.max_trainable:,} "
             f"by {report.trainable - report.max_trainable:,}. Largest contributors: {top}. "
             "Lower lora.r, drop target modules, set lora.bias=none, or restrict lora.layers_to_transform."
         )
@@ -200,6 +224,7 @@ def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
                 row[bias] = {"r": None, "trainable": None, "error": str(e)[:120]}
         rows.append(row)
     return {"model": cfg.model.name, "budget": cfg.budget.max_trainable, "max_r": width, "biases": list(biases),
+            "adapters": cfg.predictor_adapters,
             "rows": rows}
 
 
@@ -209,7 +234,9 @@ def render_fit(fit: dict) -> str:
     w = max(len("target_modules"), *(len(r["target_modules"]) for r in fit["rows"]))
     head = f"{'target_modules':<{w}}" + "".join(f"  {'bias=' + b + ': max r':>16} {'trainable':>11}" for b in biases)
     lines = [f"largest lora.r within budget.max_trainable={fit['budget']:,} for {fit['model']} "
-             f"(r <= {fit['max_r']}; other lora keys, head and modules_to_save as configured)", head,
+             f"(r <= {fit['max_r']}; other lora keys, head and modules_to_save as configured"
+             + (f"; counts are of all {fit['adapters']} adapters the run's model averages" if fit.get("adapters", 1) > 1
+                else "") + ")", head,
              "-" * len(head)]
     for row in fit["rows"]:
         cells = ""

@@ -141,7 +141,10 @@ def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
         typer.echo(report.render())
         if not report.within:
             top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
-            _fail(f"over budget by {report.trainable - report.max_trainable:,}; largest contributors: {top}", EXIT_BUDGET)
+            several = (f" ({report.adapters} adapters x {report.per_adapter:,}; fewer train.adapters / selftrain.students "
+                       "also fit)" if report.adapters > 1 else "")
+            _fail(f"over budget by {report.trainable - report.max_trainable:,}{several}; largest contributors: {top}",
+                  EXIT_BUDGET)
 
     _guarded(go)
 

@@ -285,6 +285,29 @@ class DistillConfig(Section):
         return self
 
 
+class ConsistencyConfig(Section):
+    """Consistency training on the unlabeled target texts (UDA, Xie et al. 2020; FixMatch, Sohn et
+    al. 2020): each training step also takes ``batch_size`` target texts (null = train.batch_size;
+    cycling through them in a seeded order) and a copy of each in which ``fraction`` of the content
+    words are WordNet synonyms (the shipped lexicon; built once before training, seeded). The model
+    predicts the original without gradient and in eval mode (no dropout); rows whose top
+    probability reaches ``threshold`` are kept (the mask), and the loss adds ``weight`` times the
+    mean over the batch of mask * cross-entropy(target, prediction on the copy). The target is the
+    original's distribution sharpened with ``temperature`` (softmax(logits / T); 1 = unsharpened),
+    or with ``hard`` its argmax (FixMatch). Needs data.target. Logged as ``consistency_loss`` and
+    ``consistency_mask_rate``. Applies to the main training when enabled, and to the self-training
+    rounds with ``selftrain.consistency``.
+    """
+
+    enabled: Bool = False
+    weight: Float(0) = 1.0
+    threshold: Float(0, 1) = 0.8
+    temperature: Float(0, lo_open=True) = 0.4
+    hard: Bool = False
+    batch_size: Optional[Count] = None
+    fraction: Float(0, 1, lo_open=True) = 0.3
+
+
 class TrainConfig(Section):
     """Trainer arguments (defaults are the report's recipe).
 
@@ -298,7 +321,18 @@ class TrainConfig(Section):
     save_total_limit (checkpoints kept; null = all), early_stopping_patience (evaluations without
     improvement; null or 0 = off), label_smoothing, resume (continue from the last checkpoint in the
     run folder), lr_scheduler (transformers' scheduler names), dataloader_workers.
+    adapters: LoRA adapters (each with its own classification head) trained one after another on
+        the same frozen base, adapter i with seed ``seed + 1000 * i`` (its own LoRA and head
+        initialisation and data order; checkpoints in ``checkpoints/`` for the first,
+        ``checkpoints/adapter-i`` for the others). The run's model averages their softmax
+        probabilities, and the budget counts every adapter (needs lora.bias=none: biases are base
+        weights the adapters would share). 1 = one adapter, as before.
+    average_checkpoints: replace each trained adapter's weights (LoRA and head) by the mean of its
+        last N checkpoints, the final state being the last (also per self-training round). With
+        N > 1 the final state is kept instead of the best evaluation's (no early stopping), and
+        save_total_limit must keep at least N checkpoints. 1 = off.
     seed: the former name of the top-level ``seed``; still read (``cfg.train.seed`` is the seed).
+    consistency: a consistency loss on the unlabeled target texts (see :class:`ConsistencyConfig`).
     """
 
     epochs: Float(0, lo_open=True) = 11
@@ -322,7 +356,22 @@ class TrainConfig(Section):
     resume: Bool = True
     lr_scheduler: SCHEDULERS = "linear"
     dataloader_workers: Int(0) = 0
+    adapters: Count = 1
+    average_checkpoints: Count = 1
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+
+    @model_validator(mode="after")
+    def _averaging(self):
+        n = self.average_checkpoints
+        if n > 1 and self.save_total_limit is not None and self.save_total_limit < n:
+            raise _error(f"averages the last {n} checkpoints, but train.save_total_limit keeps "
+                         f"{self.save_total_limit}; set train.save_total_limit >= {n} (or null)", "average_checkpoints")
+        if n > 1 and self.early_stopping_patience:
+            raise _error("averages the last checkpoints instead of keeping the best one, which early stopping "
+                         "needs; set train.early_stopping_patience=null, or average_checkpoints=1",
+                         "average_checkpoints")
+        return self
 
 
 class SynonymConfig(Section):
@@ -393,24 +442,47 @@ class GenerateConfig(Section):
 class SelectConfig(Section):
     """Filter synthetic samples: too short, exact and near duplicates (character-shingle Jaccard
     >= near_duplicate), and optionally those a teacher run assigns to another class with
-    probability >= teacher_confidence."""
+    probability >= teacher_confidence. ``disagree``: what happens to those: ``drop`` (default),
+    ``relabel`` (to the teacher's class) or ``downweight`` (keep the prompt's label with loss
+    weight ``disagree_weight``, in (0, 1])."""
 
     enabled: Bool = True
     min_words: Int(0) = 5
     near_duplicate: Optional[Float(0, 1, lo_open=True)] = 0.8
     teacher: Optional[Str] = None
     teacher_confidence: Float(0, 1) = 0.9
+    disagree: Literal["drop", "relabel", "downweight"] = "drop"
+    disagree_weight: Float(0, 1, lo_open=True) = 0.3
+
+    @model_validator(mode="after")
+    def _disagree(self):
+        if self.disagree != "drop" and not self.teacher:
+            raise _error(f"'{self.disagree}' needs a teacher to disagree with: set augment.select.teacher",
+                         "disagree")
+        return self
 
 
 class AugmentConfig(Section):
     """Training-data augmentation. ``extra``: additional labeled files to merge (e.g. previously
-    generated samples), each passed through the selection stage when ``select.enabled``."""
+    generated samples), each passed through the selection stage when ``select.enabled``.
+    ``label_smoothing``: in [0, 1): label smoothing of the synthetic rows only (those of
+    ``generate`` and ``extra``; source rows and synonym copies keep hard labels). It composes with
+    ``train.label_smoothing`` (which smooths every row): a synthetic row's target is smoothed by
+    both, ``1 - (1 - a)(1 - b)`` in all."""
 
     synonyms: SynonymConfig = Field(default_factory=SynonymConfig)
     lm: LMAdaptConfig = Field(default_factory=LMAdaptConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     extra: list[NonEmpty] = Field(default_factory=list)
+    label_smoothing: Float(0, 1, hi_open=True) = 0.0
+
+    @model_validator(mode="after")
+    def _smoothing(self):
+        if self.label_smoothing > 0 and not (self.generate.enabled or self.extra):
+            raise _error("smooths the synthetic rows only, and there are none: enable augment.generate or give "
+                         "augment.extra files, or use train.label_smoothing", "label_smoothing")
+        return self
 
 
 class SelfTrainConfig(Section):
@@ -423,6 +495,13 @@ class SelfTrainConfig(Section):
     enabled: run the rounds (needs data.target). rounds: how many.
     mode: ``continue`` (default) trains the same adapter further in each round; ``student`` trains a
         fresh adapter each round (re-initialised with seed + round, fresh optimizer and schedule).
+        With ``train.adapters`` > 1, continue trains each of the adapters further.
+    students: student mode: fresh students trained per round, student i with seed
+        ``seed + round + 1000 * i`` (checkpoints in ``round-N/adapter-i`` for i >= 1); the round's
+        model (the next round's teacher, after the last round the run's model) averages their
+        probabilities. The budget counts every student.
+    ensemble_teacher: student mode: the run's model also averages in the first teacher (the main
+        training's adapter(s)): no extra training, but the budget counts those adapters too.
     threshold: least confidence of a kept pseudo-label, in [0, 1).
     per_class_cap: most pseudo-labels per class; null = the smallest non-zero class's confident
         count, so classes stay balanced.
@@ -436,11 +515,20 @@ class SelfTrainConfig(Section):
     epochs: training epochs per round (> 0; fractions allowed).
     proxy: optional labeled file (e.g. held-out synthetic samples) whose accuracy is recorded per
         round next to the validation accuracy; null = none.
+    synthetic: with keep_synthetic, what each round does with the synthetic gold rows (those of
+        augment.generate and augment.extra) that the round's teacher assigns to another class with
+        probability >= ``synthetic_confidence``: ``keep`` (default), ``drop``, ``relabel`` (to the
+        teacher's class) or ``downweight`` (loss weight ``synthetic_weight``, in (0, 1]). Judged
+        afresh each round on the original rows; costs one prediction pass over them per round.
+    consistency: also train the rounds with the consistency loss of ``train.consistency`` (its
+        settings; needs data.target).
     """
 
     enabled: Bool = False
     rounds: Count = 2
     mode: Literal["continue", "student"] = "continue"
+    students: Count = 1
+    ensemble_teacher: Bool = False
     threshold: Float(0, 1, hi_open=True) = 0.9
     per_class_cap: Optional[Count] = None
     select_after_prior: Bool = False
@@ -449,6 +537,27 @@ class SelfTrainConfig(Section):
     soft_labels: Bool = False
     epochs: Float(0, lo_open=True) = 1
     proxy: Optional[NonEmpty] = None
+    synthetic: Literal["keep", "drop", "relabel", "downweight"] = "keep"
+    synthetic_confidence: Float(0, 1) = 0.9
+    synthetic_weight: Float(0, 1, lo_open=True) = 0.3
+    consistency: Bool = False
+
+    @model_validator(mode="after")
+    def _synthetic(self):
+        if self.synthetic != "keep" and not self.keep_synthetic:
+            raise _error("needs selftrain.keep_synthetic=true (the synthetic rows are not among the gold rows "
+                         "otherwise), or synthetic=keep", "synthetic")
+        return self
+
+    @model_validator(mode="after")
+    def _students(self):
+        if self.mode != "student" and self.students > 1:
+            raise _error("trains several fresh students per round, which needs selftrain.mode=student (continue "
+                         "mode trains the train.adapters adapters further)", "students")
+        if self.mode != "student" and self.ensemble_teacher:
+            raise _error("averages the first teacher with the students, which needs selftrain.mode=student "
+                         "(continue mode trains the teacher's adapter further)", "ensemble_teacher")
+        return self
 
 
 def _prior(v):
@@ -741,10 +850,35 @@ class Config(Section):
         if isinstance(prior, list) and len(prior) != len(self.data.labels):
             raise _error(f"has {len(prior)} proportions but data.labels has {len(self.data.labels)} classes",
                          "predict.prior")
+        if self.selftrain.synthetic != "keep" and not (self.augment.generate.enabled or self.augment.extra):
+            raise _error("judges the synthetic rows, and there are none: enable augment.generate or give "
+                         "augment.extra files, or set selftrain.synthetic=keep", "selftrain.synthetic")
         if self.selftrain.select_after_prior and prior == "none":
             raise _error("needs a prior to impose: set predict.prior (e.g. uniform), or select_after_prior=false",
                          "selftrain.select_after_prior")
         return self
+
+    @model_validator(mode="after")
+    def _shared_base(self):
+        st = self.selftrain
+        key = ("train.adapters" if self.train.adapters > 1 else
+               "selftrain.students" if st.enabled and st.students > 1 else
+               "selftrain.ensemble_teacher" if st.enabled and st.ensemble_teacher else None)
+        if key and self.lora.bias != "none":
+            raise _error(f"puts several adapters on one frozen base, which needs lora.bias=none (got "
+                         f"{self.lora.bias!r}): biases are base weights, so the adapters would share and overwrite "
+                         "them", key)
+        return self
+
+    @property
+    def predictor_adapters(self) -> int:
+        """Adapters whose probabilities the run's model averages (each counted by the budget):
+        ``train.adapters``, or after student-mode self-training (enabled, with a data.target)
+        ``selftrain.students``, plus ``train.adapters`` with ``selftrain.ensemble_teacher``."""
+        st = self.selftrain
+        if st.enabled and st.mode == "student" and self.data.target:
+            return st.students + (self.train.adapters if st.ensemble_teacher else 0)
+        return self.train.adapters
 
     @property
     def run_dir(self) -> Path:

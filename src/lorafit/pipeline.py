@@ -1,6 +1,7 @@
 """The recipe of ``lorafit run``: one call per stage, top to bottom.
 
-data -> check inputs and budget -> model -> augment -> train (optional distillation) -> self-train
+data -> check inputs and budget -> model -> augment -> train (optional distillation; ``train.adapters``
+adapters on one frozen base, averaged as an ensemble) -> self-train
 on the target set (teacher/student rounds) -> save -> evaluate -> predict the target set (label prior) -> submission,
 metrics, summary, report.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+import numpy as np
 
 from lorafit.augment import (augment_training_data, augmentation_enabled, check_augment_inputs,
                              check_augmentation_ready)
@@ -27,13 +29,13 @@ from lorafit.budget import check_budget
 from lorafit.config import Config, check_run_dir, save_config
 from lorafit.data import PreparedData, load_labeled, prepare_data
 from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
-from lorafit.model import build_model, load_tokenizer
+from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
 from lorafit.predict import label_prior, predict_and_submit, predict_with_config
 from lorafit.report import (StageTimer, classification_metrics, environment, plot_confusion, plot_curves,
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
-from lorafit.train import save_trained, train_model, with_teacher_logits
+from lorafit.train import TrainedAdapters, save_trained, train_adapters, train_model, with_teacher_logits
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     proxy = load_proxy(cfg)  # a bad selftrain.proxy file fails here, before training
     budget = check_budget(cfg)  # before any weight is loaded
     tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
-    assert model.get_nb_trainable_parameters()[0] == budget.trainable, "budget count and loaded model disagree"
+    # one adapter so far: the budget counts it times the adapters the run's model will average
+    assert model.get_nb_trainable_parameters()[0] == budget.per_adapter, "budget count and loaded model disagree"
     timer.lap("model")
     is_main = start_run_folder(cfg, run_dir, fresh)
 
@@ -69,7 +72,9 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     timer.lap("augment" if aug_report else "data")
 
     train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
-    trainer = train_model(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", callbacks=callbacks)
+    unlabeled = data.target["text"][:] if cfg.train.consistency.enabled else None  # checked: there is a target
+    trained = train_adapters(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", cfg.train.adapters,
+                             callbacks=callbacks, fit=train_model, unlabeled=unlabeled)
     train_seconds = time.time() - start
     timer.lap("train")
     selftrain = SelfTrainResult()
@@ -80,19 +85,24 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
         timer.lap("selftrain")
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
         return {}
-    history = list(trainer.state.log_history) + selftrain.history
+    history = trained.history + selftrain.history
+    if len(adapter_names(model)) > 1 and len(adapter_names(model)) != budget.adapters:
+        log.warning("the run's model averages %d adapters but the budget counted %d", len(adapter_names(model)),
+                    budget.adapters)
     facts = {"budget": budget.to_dict(), "data": data.stats, "train_rows": len(train), "augment": aug_report}
     save_trained(model, tokenizer, history, run_dir)
     write_model_card(run_dir, cfg, facts)  # the adapter's card at once; the results are added at the end
     model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora)  # training is over
     timer.lap("save")
 
-    val_metrics = evaluate(model, tokenizer, cfg, data.val)
+    each: dict = {}  # an ensemble's adapters' validation logits
+    val_metrics = evaluate(model, tokenizer, cfg, data.val, each=each)
     plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / "confusion_matrix.png")
     plot_curves(history, run_dir / "curves.png")
     timer.lap("evaluate")
     metrics = {"val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"], "val": val_metrics,
                **facts, "selftrain": selftrain.rounds, "train_seconds": round(train_seconds, 1)}
+    metrics.update(ensemble_metrics(cfg, each, val_metrics, data.val, trained))
 
     if data.target is not None:
         metrics["target"] = predict_and_submit(
@@ -127,10 +137,29 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
     return is_main
 
 
-def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset) -> dict:
-    """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set."""
-    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False)  # prepared sets are clean
+def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional[dict] = None) -> dict:
+    """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set.
+    ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.predict.predict_logits`)."""
+    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False, each=each)  # prepared sets are clean
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
+
+
+def ensemble_metrics(cfg: Config, each: dict, val_metrics: dict, val: datasets.Dataset,
+                     trained: TrainedAdapters) -> dict:
+    """metrics.json's ``ensemble`` (a model averaging several adapters: each one's validation
+    accuracy next to the ensemble's) and ``checkpoint_average`` (``train.average_checkpoints``: the
+    steps averaged per adapter of the main training); {} for one adapter without averaging."""
+    out: dict = {}
+    if len(each) > 1:
+        labels = np.asarray(val["label"])
+        names = list(each)
+        out["ensemble"] = {"adapters": len(names), "names": names,
+                           "val_accuracy_per_adapter": [float((each[n].argmax(1) == labels).mean()) for n in names],
+                           "val_accuracy": val_metrics["accuracy"], "train_adapters": trained.adapters}
+    if cfg.train.average_checkpoints > 1:
+        out["checkpoint_average"] = {"checkpoints": cfg.train.average_checkpoints,
+                                     "train": {a["name"]: a.get("averaged_steps") for a in trained.adapters}}
+    return out
 
 
 def finish_run(cfg: Config, run_dir: Path, metrics: dict, timer: StageTimer,
@@ -161,6 +190,12 @@ def summary(cfg: Config, m: dict) -> str:
         f"- validation accuracy: {100 * m['val_accuracy']:.2f}%  macro-F1: {100 * m['val_macro_f1']:.2f}%",
         f"- training time: {m['train_seconds']:.0f} s; wall time: {m['wall_seconds']:.0f} s",
     ]
+    if "ensemble" in m:
+        e = m["ensemble"]
+        each = m["budget"].get("trainable_per_adapter", 0)
+        lines.append(f"- ensemble of {e['adapters']} adapters ({each:,} trainable each), probabilities averaged; "
+                     "validation accuracy per adapter: "
+                     + ", ".join(f"{n} {100 * a:.2f}%" for n, a in zip(e["names"], e["val_accuracy_per_adapter"])))
     if "target" in m:
         dist = ", ".join(f"{n} {c}" for n, c in zip(names, m["target"]["predicted_distribution"]))
         lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lorafit.config import CleanConfig, Config
 from lorafit.data.clean import clean_text, clip_text
 from lorafit.io_utils import atomic_path, atomic_write_text, texts_digest
-from lorafit.model import load_teacher, load_trained
+from lorafit.model import adapter_names, adapter_pass, load_teacher, load_trained
 from lorafit.precision import autocast, inference_precision, pick_precision
 from lorafit.prior import adjust_predictions
 from lorafit.report import distribution
@@ -102,19 +102,25 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray], multipl
 
 
 def predict_with_config(model, tokenizer, cfg, texts: Sequence[str], clean: bool = True,
-                        progress: bool = False) -> np.ndarray:
+                        progress: bool = False, each: Optional[dict] = None) -> np.ndarray:
     """:func:`predict_logits` with a run config's settings (``predict.batch_size``/``workers``,
     ``model.max_length``, ``predict.precision``; ``clean``: apply ``cfg.clean`` first)."""
     return predict_logits(model, tokenizer, texts, cfg.predict.batch_size, cfg.model.max_length,
                           clean=cfg.clean if clean else None, precision=inference_precision(cfg), progress=progress,
-                          workers=cfg.predict.workers)
+                          workers=cfg.predict.workers, each=each)
 
 
 @torch.inference_mode()
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128, max_length: int = 512,
                    clean: Optional[CleanConfig] = None, precision: str = "auto", progress: bool = False,
-                   max_tokens: Optional[int] = -1, workers="auto") -> np.ndarray:
+                   max_tokens: Optional[int] = -1, workers="auto", each: Optional[dict] = None) -> np.ndarray:
     """Logits (N x K, float32, in input order) for ``texts``, cleaned as at training time.
+
+    A PEFT model holding several adapters (``train.adapters``, ``selftrain.students``) is an
+    ensemble: the texts are tokenized and batched once, each adapter predicts them in a pass of its
+    own (merged into the base weights for it when :func:`for_inference` was asked to merge), and the
+    result is :func:`ensemble_logits` of theirs (the log of the mean probability). ``each``: a dict
+    that receives each adapter's logits by name.
 
     ``max_tokens``: padded tokens per batch (``-1``: :func:`default_max_tokens` of the model's
     device and the workers; ``None``: no limit, ``batch_size`` texts per batch). A model whose weights
@@ -147,18 +153,20 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
         with torch.inference_mode(), autocast(device, prec):  # both are per thread
             return model(**batch).logits.float().cpu().numpy()
 
-    bar = tqdm(total=len(batches), desc="predict", unit="batch") if progress else None
-    out: Optional[np.ndarray] = None
+    names = adapter_names(model)  # several: an ensemble, one pass per adapter over the same batches
+    bar = tqdm(total=len(batches) * max(1, len(names)), desc="predict", unit="batch") if progress else None
 
-    def store(idx, logits):
-        nonlocal out
-        if out is None:
-            out = np.zeros((len(ids), logits.shape[-1]), dtype=np.float32)
-        out[idx] = logits
-        if bar is not None:
-            bar.update(1)
+    def run_all() -> np.ndarray:
+        out: Optional[np.ndarray] = None
 
-    try:
+        def store(idx, logits):
+            nonlocal out
+            if out is None:
+                out = np.zeros((len(ids), logits.shape[-1]), dtype=np.float32)
+            out[idx] = logits
+            if bar is not None:
+                bar.update(1)
+
         if n_workers <= 1:
             for idx in batches:
                 store(idx, run(idx))
@@ -171,10 +179,28 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
                         store(idx, logits)
             finally:
                 torch.set_num_threads(threads)
+        return out
+
+    try:
+        if len(names) < 2:
+            return run_all()
+        per_adapter = {}
+        for name in names:  # merged for its own pass when for_inference asked for merged prediction
+            with adapter_pass(model, name, merge=getattr(model, "lorafit_merge", False)):
+                per_adapter[name] = run_all()
     finally:
         if bar is not None:
             bar.close()
-    return out
+    if each is not None:
+        each.update(per_adapter)
+    return ensemble_logits(list(per_adapter.values()))
+
+
+def ensemble_logits(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """An ensemble's prediction from its members' logits: the log of their mean softmax probability
+    (so softmax and argmax downstream read the mean probability), float32."""
+    mean = np.mean([softmax(np.asarray(x, dtype=np.float64), axis=-1) for x in logits], axis=0)
+    return np.log(np.maximum(mean, 1e-30)).astype(np.float32)
 
 
 def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Optional[int] = None) -> Path:

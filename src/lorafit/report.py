@@ -87,7 +87,34 @@ def environment() -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": torch.version.cuda if cuda else None,
         "gpus": torch.cuda.device_count() if cuda else 0, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        **cpu_facts(),
     }
+
+
+def cpu_facts() -> dict:
+    """The CPU's model and the instruction sets its bf16/fp32 kernels use: runs on CPUs with other
+    kernels (AMX vs AVX-512 bf16, say) sum in another order, so their numbers differ slightly."""
+    import torch
+
+    model, flags = platform_cpu(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu": model or None, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags]}
+
+
+def platform_cpu() -> str:
+    import platform
+
+    return "" if platform.system() == "Linux" else platform.processor()
 
 
 # ------------------------------------------------------------------ figures
@@ -136,14 +163,16 @@ def training_phases(log_history: list[dict]) -> tuple[list[tuple[int, dict]], li
     """Put every logged entry on one continuous step axis.
 
     Each self-training round is a new Trainer whose steps restart at 1; its entries carry
-    ``selftrain_round``. A phase starts where the previous one ended. Returns ``[(global step,
-    entry)]`` and the phases ``[(name, first step, last step)]`` in order.
+    ``selftrain_round``, and those of an ensemble's adapter i >= 1 (``train.adapters``,
+    ``selftrain.students``, trained one after another) ``adapter``. A phase starts where the
+    previous one ended. Returns ``[(global step, entry)]`` and the phases ``[(name, first step,
+    last step)]`` in order.
     """
     points, phases, index = [], [], {}
     for h in log_history:
         if "step" not in h:
             continue
-        key = int(h.get("selftrain_round", 0))
+        key = (int(h.get("selftrain_round", 0)), int(h.get("adapter", 0)))
         if key not in index:
             start = phases[-1][2] if phases else 0
             index[key] = len(phases)
@@ -152,7 +181,8 @@ def training_phases(log_history: list[dict]) -> tuple[list[tuple[int, dict]], li
         g = ph[1] + int(h["step"])
         ph[2] = max(ph[2], g)
         points.append((g, h))
-    named = [("training" if key == 0 else f"self-training round {key}", start, end) for key, start, end in phases]
+    named = [(("training" if r == 0 else f"self-training round {r}") + (f", adapter {a}" if a else ""), start, end)
+             for (r, a), start, end in phases]
     return points, named
 
 
@@ -161,7 +191,8 @@ def curves_figure(log_history: list[dict]):
     training phase and each self-training round marked."""
     plt = _pyplot()
     points, phases = training_phases(log_history)
-    series = {k: [(g, h[k]) for g, h in points if k in h] for k in ("loss", "eval_loss", "eval_accuracy")}
+    series = {k: [(g, h[k]) for g, h in points if k in h]
+              for k in ("loss", "eval_loss", "eval_accuracy", "consistency_loss")}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     if series["eval_accuracy"]:
         a1.plot(*zip(*series["eval_accuracy"]), marker="o", label="validation")
@@ -172,6 +203,8 @@ def curves_figure(log_history: list[dict]):
         a2.plot(*zip(*series["loss"]), label="train")
     if series["eval_loss"]:
         a2.plot(*zip(*series["eval_loss"]), marker="o", label="validation")
+    if series["consistency_loss"]:  # train.consistency: the unlabeled term, unweighted
+        a2.plot(*zip(*series["consistency_loss"]), lw=1, ls=":", label="consistency (target)")
     if series["loss"] or series["eval_loss"]:
         a2.legend(loc="upper right")
     a2.set_title("loss vs step", pad=pad)

@@ -151,6 +151,12 @@ def _headline(f: dict) -> str:
                 + table(["class", "predicted", "share", ""], rows, numeric={1, 2}))
     else:
         out += missing("No target set in this run: no predictions per class.")
+    e = m.get("ensemble")
+    if e:
+        rows = [[esc(n), pct(a)] for n, a in zip(e.get("names", []), e.get("val_accuracy_per_adapter", []))]
+        rows.append(["<b>ensemble (mean probability)</b>", f"<b>{pct(e.get('val_accuracy', m['val_accuracy']))}</b>"])
+        out += (f"<h3>Ensemble of {num(e.get('adapters', len(rows) - 1))} adapters on one frozen base</h3>"
+                + table(["adapter", "validation accuracy"], rows, numeric={1}))
     return out
 
 
@@ -160,6 +166,10 @@ def _budget(f: dict) -> str:
         return missing("metrics.json has no budget record.")
     limit = b.get("max_trainable") or 1
     rows = [[esc(name), num(n), pct(n / limit), bar(n / limit)] for name, n in (b.get("breakdown") or {}).items()]
+    if b.get("adapters", 1) > 1:  # the rows above are one adapter's
+        n = b.get("trainable_per_adapter", 0)
+        rows.append([f"x {b['adapters']} adapters (one adapter: {num(n)})", num(b["trainable"]),
+                     pct(b["trainable"] / limit), bar(b["trainable"] / limit)])
     rows.append(["<b>trainable in all</b>", f"<b>{num(b['trainable'])}</b>", pct(b["trainable"] / limit),
                  bar(b["trainable"] / limit)])
     rows.append(["limit (budget.max_trainable)", num(limit), "100.00%", bar(1.0, alt=True)])
@@ -226,6 +236,12 @@ def _data(f: dict) -> str:
                        per_class(r.get("target_distribution_after")), num(r.get("target_changed", "")),
                        score(r.get("val_accuracy")), score(r.get("proxy_accuracy"))]
                       for r in st], numeric={0, 3, 5, 6, 9, 10, 11})
+        for r in st:  # an ensemble per round (selftrain.students, train.adapters): each member's accuracy
+            each = r.get("val_accuracy_per_student") or r.get("val_accuracy_per_adapter")
+            if isinstance(each, list) and each:
+                who = "student" if "val_accuracy_per_student" in r else "adapter"
+                out += (f"<p>Round {num(r.get('round'))}: validation accuracy per {who}: "
+                        + ", ".join(pct(x) for x in each if isinstance(x, float)) + "</p>")
     else:
         out += missing("No self-training rounds in this run.")
     return out
@@ -382,15 +398,21 @@ def render_model_card(cfg, m: dict) -> str:
                         {"type": "f1", "value": round(m["val_macro_f1"], 4), "name": "validation macro-F1"}]}]}]
     lo, tr, a, st = cfg.lora, cfg.train, cfg.augment, cfg.selftrain
     b = m.get("budget") or {}
+    n_adapters = (m.get("ensemble") or {}).get("adapters") or b.get("adapters") or cfg.predictor_adapters
+    what = (f"A LoRA adapter (PEFT) with a classification head for {len(labels)} classes" if n_adapters == 1 else
+            f"An ensemble of {n_adapters} LoRA adapters (PEFT) on one frozen base, each with its own classification "
+            f"head for {len(labels)} classes (lorafit averages their probabilities)")
     out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
            f"# {cfg.name}: LoRA text classifier on `{cfg.model.name}`", "",
-           f"A LoRA adapter (PEFT) with a classification head for {len(labels)} classes, trained by lorafit "
-           "under a trainable-parameter budget.", "",
+           f"{what}, trained by lorafit under a trainable-parameter budget.", "",
            "Labels (id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(labels)), "",
            "## Trainable-parameter budget", ""]
     if b:
         out += ["| parameters | count |", "|---|---:|"]
         out += [f"| {k} | {v:,} |" for k, v in (b.get("breakdown") or {}).items()]
+        if b.get("adapters", 1) > 1:
+            each = b.get("trainable_per_adapter", 0)
+            out.append(f"| x {b['adapters']} adapters ({each:,} each) | {b['trainable']:,} |")
         out += [f"| **trainable** | **{b['trainable']:,}** |", f"| limit (budget.max_trainable) | {b['max_trainable']:,} |",
                 f"| all parameters | {b.get('total', 0):,} |", ""]
     else:
@@ -418,9 +440,22 @@ def render_model_card(cfg, m: dict) -> str:
             f"- training: {tr.epochs:g} epochs, batch {tr.batch_size}, learning rate {tr.learning_rate:g}, "
             f"{tr.lr_scheduler} schedule, warmup {tr.warmup_ratio:g}, precision {tr.precision}, seed {tr.seed}",
             f"- max length {cfg.model.max_length} tokens; target prior: {cfg.predict.prior}", ""]
+    extra = []
+    if n_adapters > 1:
+        extra.append(f"{n_adapters} adapters averaged, adapter i seeded seed + 1000 * i (train.adapters {tr.adapters}"
+                     + (f", selftrain.students {st.students}, selftrain.ensemble_teacher {st.ensemble_teacher}"
+                        if st.enabled and st.mode == "student" else "") + ")")
+    if tr.average_checkpoints > 1:
+        extra.append(f"each adapter's weights averaged over its last {tr.average_checkpoints} checkpoints")
+    if extra:
+        out.insert(-1, "- " + "; ".join(extra))
     out += ["## Results", ""]
     if "val_accuracy" in m:
         out += [f"- validation accuracy: {pct(m['val_accuracy'])}; macro-F1: {pct(m['val_macro_f1'])}"]
+        if m.get("ensemble"):
+            e = m["ensemble"]
+            out.append("- validation accuracy per adapter: " + ", ".join(
+                f"{n} {pct(a)}" for n, a in zip(e.get("names", []), e.get("val_accuracy_per_adapter", []))))
         if m.get("target"):
             dist = ", ".join(f"{n} {c:,}" for n, c in zip(labels, m["target"]["predicted_distribution"]))
             out.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist})")
@@ -446,6 +481,10 @@ def render_model_card(cfg, m: dict) -> str:
             "With lorafit: `lorafit predict RUN_DIR` (cleans texts as at training time and applies the run's "
             "label prior), or `lorafit.model.load_trained(RUN_DIR)`. PEFT loads the base model from "
             "`base_model_name_or_path` in adapter_config.json: that folder or Hub id must be reachable.", "",
+            *([f"This folder holds {n_adapters} adapters: `default` at the top and the others in sub-folders "
+               "(PEFT's layout). The snippet above loads `default` alone; load the others with "
+               "`model.load_adapter(\"path/to/this/folder/NAME\", adapter_name=\"NAME\")` and average the softmax "
+               "probabilities of each (`model.set_adapter(NAME)`), as lorafit does.", ""] if n_adapters > 1 else []),
             "## Limitations", "",
             "- Validation numbers come from the source distribution; the target set is unlabeled, so accuracy "
             "there is unknown. The predicted target distribution and the EM prior estimate in report.html are "

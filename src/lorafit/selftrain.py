@@ -11,11 +11,21 @@ to the gold rows with weight ``selftrain.weight`` (or as soft labels), reshuffle
 - ``mode: student``: a fresh adapter (re-initialised with ``seed + round``, its own optimizer and
   schedule).
 
-The round's model is the next round's teacher and, after the last round, the run's model. The
+The round's model is the next round's teacher and, after the last round, the run's model. With
+several adapters it is an ensemble (probabilities averaged): in student mode each round trains
+``selftrain.students`` fresh students (student i seeded ``seed + round + 1000 * i``); in continue
+mode each of the ``train.adapters`` adapters is trained further; ``selftrain.ensemble_teacher``
+adds the first teacher's adapters to the run's model (:func:`add_first_teacher`). The
 gold rows are the (augmented) training set, or the cleaned source rows only when
 ``keep_synthetic`` is false. Each round's checkpoints go to ``<run>/selftrain/round-N`` (a rerun
 resumes them), and each round records its pseudo-label counts, the target labels it changed
 against its teacher, and the validation (and ``selftrain.proxy``) accuracy of its model.
+
+With ``selftrain.synthetic`` (and ``keep_synthetic``) each round's teacher also judges the
+synthetic gold rows (``synthetic`` column): those it assigns to another class with probability
+>= ``synthetic_confidence`` are dropped, relabeled or down-weighted for that round
+(:func:`judge_synthetic`; counted in the round's record under ``synthetic``). With
+``selftrain.consistency`` the rounds add the consistency loss on the target texts.
 """
 
 from __future__ import annotations
@@ -29,12 +39,13 @@ import datasets
 import numpy as np
 from scipy.special import softmax
 
+from lorafit.augment.select import apply_disagreement, teacher_disagreement
 from lorafit.config import Config, SelfTrainConfig
-from lorafit.model import build_model
+from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
 from lorafit.predict import label_prior, predict_with_config
 from lorafit.prior import adjust_predictions
 from lorafit.report import distribution
-from lorafit.train import train_model, with_teacher_logits
+from lorafit.train import train_adapters, train_model, with_teacher_logits
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +69,8 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
     target logits."""
     st, k = cfg.selftrain, len(cfg.data.labels)
     rows = train if st.keep_synthetic or source is None else source
-    gold = with_training_columns(rows.select_columns(["text", "label"]), k, st.soft_labels)
+    rows = rows.select_columns([c for c in ("text", "label", "weight", "synthetic") if c in rows.column_names])
+    gold = with_training_columns(rows, k, st.soft_labels)
     gold_prior = label_prior(gold["label"], k)
     result, teacher = SelfTrainResult(), model
     logits = predict_with_config(teacher, tokenizer, cfg, target_texts, progress=True)
@@ -68,21 +80,32 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         before = probs.argmax(1)
         chosen, prior_info = selection_probs(cfg, probs, gold_prior)
         pseudo, info = pseudo_labeled_set(target_texts, chosen, st)
-        merged = datasets.concatenate_datasets([gold, pseudo.cast(gold.features)]).shuffle(seed=cfg.seed + r)
+        round_gold = gold
+        if st.synthetic != "keep":  # this round's teacher judges the synthetic gold rows
+            round_gold, info["synthetic"] = judge_synthetic(cfg, teacher, tokenizer, rows)
+        if "synthetic" in round_gold.column_names:  # pseudo-labeled rows are not synthetic
+            pseudo = pseudo.add_column("synthetic", [0] * len(pseudo))
+        merged = datasets.concatenate_datasets([round_gold, pseudo.cast(round_gold.features)]
+                                               ).shuffle(seed=cfg.seed + r)
         if st.mode == "student":  # a fresh adapter and head, initialised from this round's seed
             round_cfg = cfg.model_copy(update={"seed": cfg.seed + r})
-            student = build_model(round_cfg, weights=True)
+            student = build_model(round_cfg, weights=True)  # students i >= 1: added to it by train_adapters
         else:
             round_cfg, student = cfg, teacher
-        log.info("self-training round %d (%s): %d gold + %d pseudo-labeled rows %s", r, st.mode, len(gold),
+        log.info("self-training round %d (%s): %d gold + %d pseudo-labeled rows %s", r, st.mode, len(round_gold),
                  info["kept"], info["kept_per_class"])
-        trainer = train_model(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
-                              Path(run_dir) / "selftrain" / f"round-{r}", epochs=st.epochs)
-        result.history += [{**h, "selftrain_round": r} for h in trainer.state.log_history]
+        trained = train_adapters(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
+                                 Path(run_dir) / "selftrain" / f"round-{r}",
+                                 st.students if st.mode == "student" else cfg.train.adapters, epochs=st.epochs,
+                                 fit=train_model, unlabeled=target_texts if st.consistency else None)
+        result.history += [{**h, "selftrain_round": r} for h in trained.history]
         logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
         after = logits.argmax(1)
-        scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior)
-        info.update(round=r, mode=st.mode, gold_rows=len(gold), train_rows=len(merged),
+        scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior,
+                              per="student" if st.mode == "student" else "adapter")
+        if len(trained.adapters) > 1 or cfg.train.average_checkpoints > 1:  # seeds (and the steps averaged)
+            info["students" if st.mode == "student" else "adapters"] = trained.adapters
+        info.update(round=r, mode=st.mode, gold_rows=len(round_gold), train_rows=len(merged),
                     target_distribution_before=distribution(before, k),
                     target_distribution_after=distribution(after, k),
                     target_changed=int((after != before).sum()), **scores)
@@ -93,11 +116,34 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         log.info("self-training round %d: kept %s per class; %d target labels changed; target distribution %s -> %s%s",
                  r, info["kept_per_class"], info["target_changed"], info["target_distribution_before"],
                  info["target_distribution_after"],
-                 "".join(f"; {key} {v:.4f}" for key, v in scores.items()))
+                 "".join(f"; {key} {v:.4f}" for key, v in scores.items() if isinstance(v, float)))
         result.rounds.append(info)
         teacher = student
     result.target_logits, result.model = logits, teacher
+    if st.mode == "student" and st.ensemble_teacher and st.rounds:
+        add_first_teacher(cfg, model, teacher)
+        result.target_logits = None  # the run's model is another ensemble now: the submission predicts afresh
     return result
+
+
+def add_first_teacher(cfg: Config, first, students) -> list[str]:
+    """``selftrain.ensemble_teacher``: copy the adapters of the first teacher (the main training's)
+    into the last round's students' model, as ``teacher`` (its ``default``) and ``teacher-i``, so
+    the run's model averages them all on one base (saved and loaded as one PEFT folder). Returns
+    the names added."""
+    differ = base_differences(first, students)
+    if differ:  # weights the checkpoint lacks, drawn from other seeds: the teacher's adapters see other ones
+        log.warning("selftrain.ensemble_teacher: the students' base differs from the teacher's in %d frozen weights "
+                    "the checkpoint does not hold (%s); the teacher's adapters run on the students' base",
+                    len(differ), ", ".join(differ[:3]))
+    added = []
+    for name in adapter_names(first):
+        new = "teacher" if name == "default" else f"teacher-{name.rpartition('-')[2]}"
+        copy_adapter(cfg, first, name, students, new)
+        added.append(new)
+    log.info("selftrain.ensemble_teacher: the run's model averages the students %s and the first teacher's %s",
+             [n for n in adapter_names(students) if n not in added], added)
+    return added
 
 
 def selection_probs(cfg: Config, probs: np.ndarray, train_prior: Optional[np.ndarray] = None
@@ -111,13 +157,18 @@ def selection_probs(cfg: Config, probs: np.ndarray, train_prior: Optional[np.nda
 
 
 def round_scores(cfg: Config, model, tokenizer, val: Optional[datasets.Dataset], proxy: Optional[datasets.Dataset],
-                 train_prior: np.ndarray) -> dict:
+                 train_prior: np.ndarray, per: str = "adapter") -> dict:
     """Validation accuracy of ``model`` and, with a proxy set, its accuracy there (plain argmax,
-    and with ``predict.prior`` applied when one is set)."""
+    and with ``predict.prior`` applied when one is set). An ensemble also gets each adapter's
+    validation accuracy (``val_accuracy_per_<per>``)."""
     out = {}
     if val is not None and len(val):
-        logits = predict_with_config(model, tokenizer, cfg, val["text"], clean=False)  # prepared sets are clean
-        out["val_accuracy"] = float((logits.argmax(1) == np.asarray(val["label"])).mean())
+        each: dict = {}
+        logits = predict_with_config(model, tokenizer, cfg, val["text"], clean=False, each=each)  # prepared: clean
+        labels = np.asarray(val["label"])
+        out["val_accuracy"] = float((logits.argmax(1) == labels).mean())
+        if len(each) > 1:
+            out[f"val_accuracy_per_{per}"] = [float((x.argmax(1) == labels).mean()) for x in each.values()]
     if proxy is not None and len(proxy):
         logits, labels = predict_with_config(model, tokenizer, cfg, proxy["text"]), np.asarray(proxy["label"])
         out["proxy_accuracy"] = float((logits.argmax(1) == labels).mean())
@@ -159,6 +210,33 @@ def pseudo_labeled_set(texts: list[str], probs: np.ndarray, st: SelfTrainConfig)
     if st.soft_labels:
         cols["soft_labels"] = probs[keep].astype(np.float32).tolist()
     return datasets.Dataset.from_dict(cols), info
+
+
+def judge_synthetic(cfg: Config, teacher, tokenizer, rows: datasets.Dataset) -> tuple[datasets.Dataset, dict]:
+    """``selftrain.synthetic`` on the gold ``rows``: ``teacher`` predicts the rows marked ``synthetic``
+    (one prediction pass over them); those it assigns to another class with probability >=
+    ``synthetic_confidence`` are dropped, relabeled to its class or down-weighted by
+    ``synthetic_weight`` (see :func:`lorafit.augment.select.apply_disagreement`). Returns the gold
+    rows with the training columns, and the counts for the round's record."""
+    st, k = cfg.selftrain, len(cfg.data.labels)
+    if "synthetic" not in rows.column_names:
+        raise ValueError("selftrain.synthetic needs the training set's synthetic column (augment.generate or "
+                         "augment.extra rows)")
+    synthetic = np.flatnonzero(np.asarray(rows["synthetic"][:], dtype=int) == 1)
+    labels = np.asarray(rows["label"][:], dtype=int)
+    mask, pred = np.zeros(len(rows), dtype=bool), labels.copy()
+    if len(synthetic):  # the gold texts are prepared (clean) already
+        texts = rows["text"][:]
+        logits = predict_with_config(teacher, tokenizer, cfg, [texts[i] for i in synthetic], clean=False)
+        mask[synthetic], pred[synthetic] = teacher_disagreement(labels[synthetic], softmax(logits, axis=-1),
+                                                                st.synthetic_confidence)
+    judged, n = apply_disagreement(rows, mask, pred, st.synthetic, st.synthetic_weight)
+    done = {"drop": "dropped", "relabel": "relabeled", "downweight": "downweighted"}[st.synthetic]
+    info = {"rule": st.synthetic, "rows": int(len(synthetic)), done: n, "confidence": st.synthetic_confidence}
+    if st.synthetic == "downweight":
+        info["weight"] = st.synthetic_weight
+    log.info("self-training: the teacher contradicts %d of %d synthetic gold rows (%s)", n, len(synthetic), done)
+    return with_training_columns(judged, k, st.soft_labels), info
 
 
 def with_training_columns(ds: datasets.Dataset, k: int, soft: bool) -> datasets.Dataset:

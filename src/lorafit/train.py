@@ -3,6 +3,10 @@ that adds per-sample weights, soft labels (self-training) and knowledge distilla
 
 Distillation loss: ``alpha * CE + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))``,
 with teacher logits computed once and cached next to the data (see :func:`teacher_logits`).
+
+Synthetic rows (a ``synthetic`` column, see :mod:`lorafit.augment`) are label-smoothed by
+``augment.label_smoothing``; with ``train.consistency`` each step adds a consistency loss on the
+unlabeled target texts (:class:`UnlabeledBatches`, :meth:`LorafitTrainer.consistency_loss`).
 """
 
 from __future__ import annotations
@@ -10,15 +14,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from dataclasses import dataclass
+import random
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -28,17 +36,19 @@ from transformers import (
     set_seed,
 )
 
-from lorafit.config import Config
+from lorafit.augment.synonyms import replace_synonyms, synonym_finder
+from lorafit.config import Config, ConsistencyConfig
 from lorafit.data.clean import clip_text
 from lorafit.errors import Interrupted
 from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.model import adapter_name, add_adapter
 from lorafit.precision import pick_precision
 from lorafit.predict import predict_teacher
 from lorafit.report import classification_metrics
 
 log = logging.getLogger(__name__)
 
-EXTRA_COLUMNS = ("weight", "soft_labels", "teacher_logits")
+EXTRA_COLUMNS = ("weight", "soft_labels", "teacher_logits", "synthetic")  # per-row columns the loss reads
 
 
 # ------------------------------------------------------------------ data
@@ -82,13 +92,22 @@ class Collator:
 
 def lorafit_loss(logits: torch.Tensor, labels: torch.Tensor, *, weight=None, soft_labels=None,
                  teacher_logits=None, alpha: float = 0.5, temperature: float = 2.0,
-                 label_smoothing: float = 0.0) -> torch.Tensor:
+                 label_smoothing: float = 0.0, smoothing=None) -> torch.Tensor:
     """Per-sample weighted mean of cross-entropy against the labels or the soft labels (with
     ``label_smoothing``), optionally mixed with the distillation term. With no extras this is
-    ``F.cross_entropy(logits, labels)``."""
+    ``F.cross_entropy(logits, labels)``.
+
+    ``smoothing``: per-row label smoothing on top of ``label_smoothing`` (a row's target is smoothed
+    by ``1 - (1 - label_smoothing)(1 - smoothing)`` in all, as if smoothed twice), e.g. the synthetic
+    rows' ``augment.label_smoothing``."""
     logits = logits.float()
     target = soft_labels.float() if soft_labels is not None else labels.long()
-    per_sample = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
+    if smoothing is None:
+        per_sample = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
+    else:  # (1 - eps) * CE(target) + eps * CE(uniform), what F.cross_entropy does with one eps for all
+        eps = 1 - (1 - label_smoothing) * (1 - smoothing.float())
+        uniform = -F.log_softmax(logits, dim=-1).mean(-1)
+        per_sample = (1 - eps) * F.cross_entropy(logits, target, reduction="none") + eps * uniform
     if teacher_logits is not None:
         t = temperature
         kl = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
@@ -100,23 +119,170 @@ def lorafit_loss(logits: torch.Tensor, labels: torch.Tensor, *, weight=None, sof
     return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
 
 
+class UnlabeledBatches:
+    """The unlabeled texts of the consistency loss and a synonym copy of each (``fraction`` of the
+    content words replaced from the shipped WordNet lexicon; the same ``seed`` gives the same
+    copies), tokenized once like the training texts.
+
+    :meth:`batch` gives the originals and copies of batch ``step``: ``batch_size`` texts in a
+    seeded order that is reshuffled each pass over the texts (pass ``e`` uses ``[seed, e]``), so a
+    resumed run takes the batches it would have taken. Processes of a data-parallel run take
+    interleaved batches (``rank``, ``world_size``)."""
+
+    def __init__(self, texts: Sequence[str], tokenizer, max_length: int, batch_size: int, seed: int,
+                 fraction: float = 0.3):
+        if not len(texts):
+            raise ValueError("the consistency loss needs unlabeled texts; got none")
+        finder = synonym_finder()
+        texts = [clip_text(t, max_length) for t in texts]
+        copies = [replace_synonyms(t, fraction, random.Random(f"lorafit-consistency-{seed}-{i}"), finder)
+                  for i, t in enumerate(texts)]
+        self.changed = sum(a != b for a, b in zip(texts, copies))
+        self.tokenizer, self.batch_size, self.seed = tokenizer, batch_size, seed
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        self.original = self._features(tokenizer(texts, truncation=True, max_length=max_length))
+        self.augmented = self._features(tokenizer(copies, truncation=True, max_length=max_length))
+        self._orders: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _features(enc) -> list[dict]:
+        return [{k: enc[k][i] for k in enc.keys()} for i in range(len(enc["input_ids"]))]
+
+    def __len__(self) -> int:
+        return len(self.original)
+
+    def indices(self, step: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        n, start = len(self), (step * world_size + rank) * self.batch_size
+        out = []
+        for p in range(start, start + self.batch_size):
+            e, j = divmod(p, n)
+            if e not in self._orders:
+                self._orders = {e: np.random.default_rng([self.seed, e]).permutation(n)}  # one pass at a time
+            out.append(int(self._orders[e][j]))
+        return out
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[dict, dict]:
+        ix = self.indices(step, rank, world_size)
+        return dict(self.pad([self.original[i] for i in ix])), dict(self.pad([self.augmented[i] for i in ix]))
+
+
+def _pad_cat(a: dict, b: dict, pad_id: int, left: bool = False) -> dict:
+    """Two tokenized batches as one: padded to the longer length (``input_ids`` with ``pad_id``,
+    the rest with 0) and stacked, ``a``'s rows first."""
+    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def fit(t, value):
+        extra = length - t.shape[1]
+        return F.pad(t, (extra, 0) if left else (0, extra), value=value) if extra else t
+
+    if set(a) != set(b):
+        raise ValueError(f"the unlabeled batch has other inputs ({sorted(b)}) than the training batch ({sorted(a)})")
+    return {k: torch.cat([fit(a[k], pad_id if k == "input_ids" else 0),
+                          fit(b[k].to(a[k].device), pad_id if k == "input_ids" else 0)]) for k in a}
+
+
+def consistency_terms(orig_logits: torch.Tensor, aug_logits: torch.Tensor, threshold: float,
+                      temperature: float = 1.0, hard: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The consistency loss of a batch and its mask: ``mean(mask * CE(target, softmax(aug_logits)))``
+    with ``mask = max softmax(orig_logits) >= threshold`` and ``target`` = softmax(orig_logits / T)
+    (``hard``: its argmax). ``orig_logits`` carry no gradient."""
+    orig = orig_logits.detach().float()
+    mask = (F.softmax(orig, dim=-1).max(-1).values >= threshold).float()
+    target = orig.argmax(-1) if hard else F.softmax(orig / temperature, dim=-1)
+    per_row = F.cross_entropy(aug_logits.float(), target, reduction="none")
+    return (mask * per_row).mean(), mask
+
+
 class LorafitTrainer(Trainer):
-    """``Trainer`` whose loss is :func:`lorafit_loss` (weights, soft labels, distillation)."""
+    """``Trainer`` whose loss is :func:`lorafit_loss` (weights, soft labels, distillation), with
+    ``synthetic_smoothing`` on the rows marked ``synthetic`` and, given ``unlabeled`` batches,
+    ``consistency.weight`` times the consistency loss (:meth:`consistency_loss`)."""
 
     def __init__(self, *args, distill_alpha: float = 0.5, distill_temperature: float = 2.0,
-                 label_smoothing: float = 0.0, **kwargs):
+                 label_smoothing: float = 0.0, synthetic_smoothing: float = 0.0,
+                 unlabeled: Optional[UnlabeledBatches] = None, consistency: Optional[ConsistencyConfig] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.distill_alpha = distill_alpha
         self.distill_temperature = distill_temperature
         self.smoothing = label_smoothing
+        self.synthetic_smoothing = synthetic_smoothing
+        self.unlabeled, self.consistency = unlabeled, consistency or ConsistencyConfig()
+        self._consistency_log = [0.0, 0.0, 0, 0]  # loss sum, masked rows, rows, steps since the last log (tensors
+        # are summed on the device: no synchronisation per step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         extras = {k: inputs.pop(k) for k in EXTRA_COLUMNS if k in inputs}
+        synthetic = extras.pop("synthetic", None)
+        if synthetic is not None and self.synthetic_smoothing and model.training:
+            extras["smoothing"] = synthetic * self.synthetic_smoothing
+        if self.unlabeled is not None and model.training:
+            return self.consistency_loss(model, inputs, labels, extras, return_outputs)
         outputs = model(**inputs)
         loss = lorafit_loss(outputs.logits, labels, alpha=self.distill_alpha, temperature=self.distill_temperature,
                             label_smoothing=self.smoothing if model.training else 0.0, **extras)
         return (loss, outputs) if return_outputs else loss
+
+    def consistency_loss(self, model, inputs, labels, extras, return_outputs=False):
+        """Supervised loss + ``weight`` * consistency loss on this step's unlabeled batch.
+
+        The originals are predicted without gradient, in eval mode (no dropout), by the unwrapped
+        model (a DDP model's module: a forward outside the gradient pass); the training rows and
+        the synonym copies go through one forward together, so a data-parallel model sees one
+        forward per backward. Both run under the Trainer's autocast."""
+        c = self.consistency
+        original, augmented = self.unlabeled.batch(self.state.global_step, self.args.process_index,
+                                                    self.args.world_size)
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        device = inputs["input_ids"].device
+        inner.eval()
+        try:
+            with torch.no_grad():
+                orig_logits = inner(**{k: v.to(device) for k, v in original.items()}).logits
+        finally:
+            inner.train()
+        n = labels.shape[0]
+        outputs = model(**_pad_cat(inputs, augmented, self.tokenizer_pad_id,
+                                   left=getattr(self.unlabeled.tokenizer, "padding_side", "right") == "left"))
+        logits = outputs.logits
+        loss = lorafit_loss(logits[:n], labels, alpha=self.distill_alpha, temperature=self.distill_temperature,
+                            label_smoothing=self.smoothing, **extras)
+        loss_u, mask = consistency_terms(orig_logits, logits[n:], c.threshold, c.temperature, c.hard)
+        log = self._consistency_log
+        log[0] = log[0] + loss_u.detach()
+        log[1] = log[1] + mask.sum()
+        log[2] += int(mask.numel())
+        log[3] += 1
+        total = loss + c.weight * loss_u
+        outputs.logits = logits[:n]
+        return (total, outputs) if return_outputs else total
+
+    @property
+    def tokenizer_pad_id(self) -> int:
+        pad = self.unlabeled.tokenizer.pad_token_id
+        return 0 if pad is None else pad
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds the mean consistency loss and the share of unlabeled rows inside the mask since the
+        last training log (``consistency_loss``, ``consistency_mask_rate``)."""
+        loss_sum, masked, rows, steps = self._consistency_log
+        if steps and "loss" in logs:
+            logs["consistency_loss"] = float(loss_sum) / steps
+            logs["consistency_mask_rate"] = float(masked) / rows
+            self._consistency_log = [0.0, 0.0, 0, 0]
+        super().log(logs, *args, **kwargs)
+
+    def _load_best_model(self) -> None:
+        """Trainer loads a checkpoint's top-level adapter into the active one; a model holding several
+        adapters (``train.adapters``) has PEFT save all but ``default`` in sub-folders, so another
+        adapter loads its best weights from its own."""
+        name = getattr(self.model, "active_adapter", "default")
+        if not isinstance(self.model, PeftModel) or name == "default":
+            return super()._load_best_model()
+        best = Path(self.state.best_model_checkpoint) / name
+        log.info("loading the best checkpoint of adapter %s from %s (score: %s)", name, best, self.state.best_metric)
+        self.model.load_adapter(str(best), name)
 
 
 def compute_metrics(eval_pred) -> dict:
@@ -180,7 +346,7 @@ def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = 
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=eval_enabled,
+        load_best_model_at_end=eval_enabled and t.average_checkpoints == 1,  # averaging keeps the final state
         metric_for_best_model="accuracy",
         greater_is_better=True,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -243,15 +409,23 @@ class SaveAndStop(TrainerCallback):
 
 def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
                 out_dir: Path, epochs: Optional[float] = None, resume: Optional[bool] = None,
-                callbacks: Optional[list] = None):
+                callbacks: Optional[list] = None, unlabeled: Optional[Sequence[str]] = None):
     """Train ``model`` (a PEFT model) in place; checkpoints go to ``out_dir``. Returns the trainer.
 
     ``train_ds``/``val_ds`` carry ``text`` and ``label`` (and optionally ``weight``,
-    ``soft_labels``, ``teacher_logits``). Resumes from the last checkpoint in ``out_dir`` when
-    ``train.resume`` is set. ``callbacks``: extra ``TrainerCallback`` objects (e.g. the search's
-    pruning callback).
+    ``soft_labels``, ``teacher_logits``, ``synthetic``). Resumes from the last checkpoint in
+    ``out_dir`` when ``train.resume`` is set. ``callbacks``: extra ``TrainerCallback`` objects (e.g.
+    the search's pruning callback). ``unlabeled``: texts for the consistency loss with the settings
+    of ``train.consistency`` (the caller decides whether it applies; None = no consistency loss).
     """
     set_seed(cfg.seed)
+    batches = None
+    if unlabeled is not None:
+        c = cfg.train.consistency
+        batches = UnlabeledBatches(unlabeled, tokenizer, cfg.model.max_length, c.batch_size or cfg.train.batch_size,
+                                   cfg.seed, c.fraction)
+        log.info("consistency loss on %d unlabeled texts (%d synonym copies differ from their text), weight %g, "
+                 "threshold %g", len(batches), batches.changed, c.weight, c.threshold)
     tr = tokenize(train_ds, tokenizer, cfg.model.max_length)
     va = tokenize(val_ds.select_columns(["text", "label"]), tokenizer, cfg.model.max_length) if val_ds is not None else None
     args = training_arguments(cfg, out_dir, epochs, eval_enabled=va is not None)
@@ -271,6 +445,9 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
         distill_alpha=d.alpha,
         distill_temperature=d.temperature,
         label_smoothing=cfg.train.label_smoothing,
+        synthetic_smoothing=cfg.augment.label_smoothing,
+        unlabeled=batches,
+        consistency=cfg.train.consistency,
     )
     resume = cfg.train.resume if resume is None else resume
     last = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
@@ -285,8 +462,91 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     return trainer
 
 
+# ------------------------------------------------------------------ several adapters, checkpoint averaging
+
+
+@dataclass
+class TrainedAdapters:
+    history: list  # the Trainer logs, those of adapter i >= 1 marked ``adapter: i``
+    adapters: list  # per adapter: name, seed, checkpoint folder (and the steps averaged)
+    trainer: Trainer  # the first adapter's
+
+
+def adapter_seed(cfg: Config, i: int) -> int:
+    """The seed of adapter ``i``: ``seed + 1000 * i`` (wrapped to 32 bits)."""
+    return (cfg.seed + 1000 * i) % 2**32
+
+
+def train_adapters(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
+                   out_dir: Path, count: int = 1, epochs: Optional[float] = None, callbacks: Optional[list] = None,
+                   fit=None, **kwargs) -> TrainedAdapters:
+    """Train ``count`` adapters of PEFT ``model`` one after another on its frozen base (see
+    :func:`train_model`; ``kwargs`` go to it): ``default`` (with ``cfg.seed``, checkpoints in
+    ``out_dir``), then ``adapter-i`` with :func:`adapter_seed` (added by
+    :func:`lorafit.model.add_adapter` unless the model has it: its own LoRA, head and data order;
+    checkpoints in ``out_dir/adapter-i``; each resumes). With ``train.average_checkpoints`` each is
+    then replaced by the mean of its last checkpoints (:func:`average_checkpoints`).
+    ``callbacks`` apply to the first adapter's training only. ``fit``: the function that trains
+    one adapter (default :func:`train_model`). With ``count=1`` this is one ``fit`` call."""
+    fit = fit or train_model
+    history, records, first = [], [], None
+    for i in range(count):
+        name = adapter_name(i)
+        cfg_i = cfg if i == 0 else cfg.model_copy(update={"seed": adapter_seed(cfg, i)})
+        if name not in model.peft_config:
+            add_adapter(cfg_i, model, name)
+        if len(model.peft_config) > 1:
+            model.set_adapter(name)  # the others are frozen; each checkpoint holds them all
+            log.info("training adapter %s (%d of %d, seed %d)", name, i + 1, count, cfg_i.seed)
+        folder = Path(out_dir) if i == 0 else Path(out_dir) / name
+        trainer = fit(cfg_i, model, tokenizer, train_ds, val_ds, folder, epochs=epochs,
+                      callbacks=callbacks if i == 0 else None, **kwargs)
+        first = first or trainer
+        record = {"name": name, "seed": cfg_i.seed, "checkpoints": str(folder)}
+        if cfg.train.average_checkpoints > 1:
+            record["averaged_steps"] = average_checkpoints(model, folder, cfg.train.average_checkpoints, name,
+                                                           trainer.state.global_step)
+        history += [h if i == 0 else {**h, "adapter": i} for h in trainer.state.log_history]
+        records.append(record)
+    if len(model.peft_config) > 1:
+        model.set_adapter("default")
+    return TrainedAdapters(history, records, first)
+
+
+def average_checkpoints(model, out_dir: Path, n: int, adapter: str = "default",
+                        final_step: Optional[int] = None) -> list[int]:
+    """Replace the weights of ``adapter`` (LoRA and head) by the mean of its last ``n`` checkpoints:
+    its final state (the model's weights now, at step ``final_step``) and the ``n - 1`` latest
+    complete checkpoints in ``out_dir`` before it (their adapter files: ``adapter_model.safetensors``,
+    in the adapter's sub-folder for one other than ``default``). PEFT's state-dict functions read
+    and set the weights. Returns the steps averaged; fewer than ``n`` (logged) when fewer
+    checkpoints exist."""
+    if n <= 1:
+        return []
+    final = get_peft_model_state_dict(model, adapter_name=adapter)
+    sub = "" if adapter == "default" else adapter
+    earlier = []
+    for p in Path(out_dir).glob("checkpoint-*"):
+        step, f = p.name.rsplit("-", 1)[-1], p / sub / "adapter_model.safetensors"
+        if step.isdigit() and (final_step is None or int(step) < final_step) and f.is_file() \
+                and (p / "trainer_state.json").is_file():
+            earlier.append((int(step), f))
+    earlier = sorted(earlier)[-(n - 1):]
+    if len(earlier) < n - 1:
+        log.warning("train.average_checkpoints=%d: adapter %s has only %d earlier checkpoint(s) in %s; averaging %d",
+                    n, adapter, len(earlier), out_dir, len(earlier) + 1)
+    states = [load_file(str(f)) for _, f in earlier] + [final]
+    mean = {k: torch.stack([s[k].to(v.device, torch.float32) for s in states]).mean(0).to(v.dtype)
+            for k, v in final.items()}
+    set_peft_model_state_dict(model, mean, adapter_name=adapter)
+    steps = [step for step, _ in earlier] + [final_step]
+    log.info("adapter %s: weights averaged over the checkpoints of steps %s", adapter, steps)
+    return steps
+
+
 def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:
-    """Save the LoRA adapter + tokenizer to ``run_dir/model`` and the log to ``train_log.json``."""
+    """Save the LoRA adapter + tokenizer to ``run_dir/model`` and the log to ``train_log.json``
+    (several adapters as PEFT saves them: ``default`` at the top, the others in sub-folders)."""
     with atomic_path(run_dir / "model") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

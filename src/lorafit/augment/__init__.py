@@ -8,6 +8,11 @@ In order (each step on when its config section says so):
 4. ``extra``: more labeled files, e.g. samples generated earlier;
 5. ``select``: cleaning, de-duplication and teacher agreement for the rows of 3 and 4 (:mod:`.select`).
 
+The rows of 3 and 4 are the synthetic rows: when something downstream treats them apart
+(``augment.label_smoothing``, ``selftrain.synthetic``; see :func:`marks_synthetic`) the training
+set gets a ``synthetic`` column (1 for them, 0 for the rest), and a ``weight`` column when the
+selection down-weights some of them.
+
 :func:`augment_training_data` runs them for ``lorafit run``; :func:`adapt_lm_stage` and
 :func:`generate_stage` back the ``lorafit adapt-lm`` and ``lorafit generate`` commands. Every
 step writes its output under the run folder and is skipped or resumed when it is already there.
@@ -47,6 +52,27 @@ def augmentation_enabled(cfg: Config) -> bool:
     """Whether any augmentation step is on (otherwise the training set is used as it is)."""
     a = cfg.augment
     return bool(a.synonyms.enabled or a.lm.enabled or a.generate.enabled or a.extra)
+
+
+def marks_synthetic(cfg: Config) -> bool:
+    """Whether the augmented training set carries a ``synthetic`` column: only when a later stage
+    treats the synthetic rows apart (label smoothing of them, the self-training rounds' rule)."""
+    st = cfg.selftrain
+    return cfg.augment.label_smoothing > 0 or (st.enabled and st.keep_synthetic and st.synthetic != "keep")
+
+
+def _row_columns(parts: list[datasets.Dataset], synthetic: list[bool], mark: bool) -> list[datasets.Dataset]:
+    """The parts with the same columns: ``weight`` (1 where missing) when any part has one, and
+    ``synthetic`` (1 for the synthetic parts, else 0) when ``mark``."""
+    weighted = any("weight" in p.column_names for p in parts)
+    out = []
+    for part, is_synthetic in zip(parts, synthetic):
+        if weighted and "weight" not in part.column_names:
+            part = part.add_column("weight", [1.0] * len(part), feature=datasets.Value("float64"))
+        if mark:
+            part = part.add_column("synthetic", [int(is_synthetic)] * len(part), feature=datasets.Value("int64"))
+        out.append(part)
+    return out
 
 
 def teacher_probabilities(teacher_dir: str, texts: list[str]) -> np.ndarray:
@@ -124,11 +150,20 @@ def check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
 def check_augment_inputs(cfg: Config, has_target: bool) -> None:
     """Check what the enabled augmentation steps will read, before the run folder is made: the
     synonym lexicon (or ``wordnet_dir``), the prompt bank, the ``extra`` files, the teacher, and
-    that LM adaptation has target texts. A bad one fails here, in a second, not after training
-    an LM; the errors name the key and file."""
+    that LM adaptation and the consistency loss (``train.consistency``, ``selftrain.consistency``:
+    synonym copies of the target texts) have target texts. A bad one fails here, in a second, not
+    after training an LM; the errors name the key and file."""
     a = cfg.augment
     if a.synonyms.enabled:
         synonym_finder(a.synonyms.wordnet_dir)  # cached: the stage reuses it
+    if cfg.train.consistency.enabled or (cfg.selftrain.enabled and cfg.selftrain.consistency):
+        synonym_finder()  # the consistency loss's copies: the shipped lexicon
+    if cfg.train.consistency.enabled and not has_target:
+        raise ConfigError("config key 'train.consistency.enabled' needs the unlabeled target texts; set data.target, "
+                          "or disable train.consistency.")
+    if cfg.selftrain.enabled and cfg.selftrain.consistency and not has_target:
+        raise ConfigError("config key 'selftrain.consistency' needs the unlabeled target texts; set data.target, "
+                          "or set selftrain.consistency=false.")
     if a.lm.enabled and not has_target:
         raise ConfigError("config key 'augment.lm.enabled' needs the unlabeled target texts; set data.target, "
                           "or disable augment.lm.")
@@ -189,7 +224,8 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
             probs = teacher_probabilities(a.select.teacher, pooled["text"][:]) if a.select.teacher else None
             pooled, report["selection"] = select_samples(
                 pooled, min_words=a.select.min_words, near_duplicate=a.select.near_duplicate,
-                reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence)
+                reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence,
+                disagree=a.select.disagree, disagree_weight=a.select.disagree_weight)
         else:  # cleaned like every training text (the selection stage cleans on its own)
             pooled = clean_dataset(pooled, cfg).filter(lambda t: bool(t.strip()), input_columns="text")
         sources = pooled["source"][:]
@@ -197,8 +233,12 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
             rows["synthetic"] = sources.count("synthetic")
         if a.extra:
             rows["extra"] = sources.count("extra")
-        parts.append(pooled.remove_columns("source").cast(features))
+        pooled = pooled.remove_columns("source")
+        parts.append(pooled.cast(datasets.Features({**pooled.features, **features})))  # and its weight, if any
 
+    synthetic = [bool(pool) and i == len(parts) - 1 for i in range(len(parts))]
+    if marks_synthetic(cfg) or any("weight" in p.column_names for p in parts):
+        parts = _row_columns(parts, synthetic, marks_synthetic(cfg))
     merged = datasets.concatenate_datasets(parts).shuffle(seed=cfg.seed).flatten_indices()
     rows["total"] = len(merged)
     atomic_write_json(run_dir / "augment_report.json", report)

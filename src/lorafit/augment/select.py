@@ -6,7 +6,9 @@
 4. ``near_duplicate``: texts whose character 5-gram set has Jaccard similarity >= ``near_duplicate``
    with an earlier kept text;
 5. ``teacher_disagrees``: texts a teacher model assigns to another class with probability
-   >= ``teacher_confidence`` (only when ``teacher_probs`` is given).
+   >= ``teacher_confidence`` (only when ``teacher_probs`` is given). With ``disagree="relabel"``
+   such rows are kept with the teacher's class instead, with ``disagree="downweight"`` kept with
+   their label and a ``weight`` column of ``disagree_weight`` (the other rows 1).
 
 Texts are compared after lower-casing and collapsing whitespace. The near-duplicate search is
 exact (no MinHash sampling; shingles are 64-bit hashes) and fast: prefix filtering. With
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SHINGLE = 5
 RULES = ("short", "duplicate_of_reference", "exact_duplicate", "near_duplicate", "teacher_disagrees")
+DISAGREE = ("drop", "relabel", "downweight")  # what happens to a row the teacher confidently contradicts
 
 
 def _key(text: str) -> str:
@@ -158,16 +161,59 @@ def near_duplicates(texts: Sequence[str], threshold: float) -> list[int]:
     return dropped
 
 
+def teacher_disagreement(labels: Sequence[int], probs: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows a teacher confidently contradicts: a boolean mask (its top class is not the row's
+    label and has probability >= ``confidence``) and the teacher's top class per row."""
+    probs = np.asarray(probs)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    top = probs[np.arange(len(probs)), pred] if len(probs) else np.zeros(0)
+    return (pred != np.asarray(labels, dtype=int)) & (top >= confidence), pred
+
+
+def apply_disagreement(ds: datasets.Dataset, mask: np.ndarray, pred: np.ndarray, rule: str,
+                       weight: float = 0.3) -> tuple[datasets.Dataset, int]:
+    """Apply ``rule`` (:data:`DISAGREE`) to the rows of ``ds`` where ``mask`` is set: ``drop`` removes
+    them, ``relabel`` gives them the class ``pred`` (the teacher's), ``downweight`` multiplies their
+    ``weight`` (1 where the column is missing; it is added) by ``weight``. Returns the rows and how
+    many rows the rule touched."""
+    if rule not in DISAGREE:
+        raise ValueError(f"unknown disagreement rule {rule!r}; use one of {DISAGREE}")
+    mask = np.asarray(mask, dtype=bool)
+    n = int(mask.sum())
+    if rule == "drop":
+        return (ds.select(np.flatnonzero(~mask)) if n else ds), n
+    if rule == "relabel":
+        labels = np.where(mask, pred, np.asarray(ds["label"][:], dtype=int)).astype(int).tolist()
+        return _replace_column(ds, "label", labels, ds.features["label"]), n
+    old = np.asarray(ds["weight"][:], dtype=np.float64) if "weight" in ds.column_names else np.ones(len(ds))
+    weights = np.where(mask, old * weight, old).tolist()
+    return _replace_column(ds, "weight", weights, datasets.Value("float64")), n
+
+
+def _replace_column(ds: datasets.Dataset, name: str, values: list, feature) -> datasets.Dataset:
+    """``ds`` with column ``name`` set to ``values`` (added last when it is new, else in its place)."""
+    order = ds.column_names if name in ds.column_names else [*ds.column_names, name]
+    if name in ds.column_names:
+        ds = ds.remove_columns(name)
+    return ds.add_column(name, values, feature=feature).select_columns(order)
+
+
 def select_samples(ds: datasets.Dataset, min_words: int = 5, near_duplicate: Optional[float] = 0.8,
                    reference_texts: Optional[Sequence[str]] = None, teacher_probs: Optional[np.ndarray] = None,
-                   teacher_confidence: float = 0.9) -> tuple[datasets.Dataset, dict]:
+                   teacher_confidence: float = 0.9, disagree: str = "drop",
+                   disagree_weight: float = 0.3) -> tuple[datasets.Dataset, dict]:
     """Filter ``ds`` (``text``, ``label`` and any other columns) by the rules in the module docstring.
 
     ``reference_texts`` are compared as given (up to case and whitespace): pass cleaned texts.
     ``teacher_probs`` is an ``N x K`` array of class probabilities aligned with the rows of ``ds``.
+    ``disagree``: ``drop`` the rows the teacher confidently contradicts, ``relabel`` them, or
+    ``downweight`` them to ``disagree_weight`` (see :func:`apply_disagreement`).
     Returns the kept rows (texts cleaned, other columns unchanged) and a report:
-    ``{"input", "kept", "removed": {rule: count}, "kept_per_class": {label: count}}``.
+    ``{"input", "kept", "removed": {rule: count}, "kept_per_class": {label: count}}`` (with
+    ``relabeled`` or ``downweighted`` counts under the other rules).
     """
+    if disagree not in DISAGREE:
+        raise ValueError(f"unknown disagreement rule {disagree!r}; use one of {DISAGREE}")
     n = len(ds)
     if teacher_probs is not None:
         teacher_probs = np.asarray(teacher_probs)
@@ -205,18 +251,20 @@ def select_samples(ds: datasets.Dataset, min_words: int = 5, near_duplicate: Opt
         removed["near_duplicate"] = len(dropped)
         keep = [i for pos, i in enumerate(keep) if pos not in dropped]
 
+    touched = None  # rows kept but relabeled or downweighted
     if teacher_probs is not None:
-        survivors = []
-        for i in keep:
-            pred = int(teacher_probs[i].argmax())
-            if pred != labels[i] and teacher_probs[i, pred] >= teacher_confidence:
-                removed["teacher_disagrees"] += 1
-            else:
-                survivors.append(i)
-        keep = survivors
+        mask, pred = teacher_disagreement([labels[i] for i in keep], teacher_probs[keep], teacher_confidence)
+        if disagree == "drop":
+            removed["teacher_disagrees"] = int(mask.sum())
+            keep = [i for i, bad in zip(keep, mask.tolist()) if not bad]
+        else:
+            touched = (mask, pred)
 
     out = ds.select(keep)
     out = out.remove_columns("text").add_column("text", [texts[i] for i in keep]).select_columns(ds.column_names)
+    if touched is not None:
+        out, count = apply_disagreement(out, *touched, disagree, disagree_weight)
+        labels = dict(zip(keep, out["label"][:]))  # after relabelling
     kept_labels = Counter(labels[i] for i in keep)
     report = {
         "input": n,
@@ -226,5 +274,10 @@ def select_samples(ds: datasets.Dataset, min_words: int = 5, near_duplicate: Opt
         "settings": {"min_words": min_words, "near_duplicate": near_duplicate,
                      "teacher_confidence": teacher_confidence if teacher_probs is not None else None},
     }
+    if disagree != "drop":
+        report[{"relabel": "relabeled", "downweight": "downweighted"}[disagree]] = count if touched is not None else 0
+        report["settings"]["disagree"] = disagree
+        if disagree == "downweight":
+            report["settings"]["disagree_weight"] = disagree_weight
     log.info("selection: kept %d of %d (removed %s)", len(keep), n, {k: v for k, v in removed.items() if v})
     return out, report
