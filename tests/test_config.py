@@ -479,21 +479,30 @@ def test_best_recipe_states_only_its_differences_from_the_baseline():
         "augment.extra": ([], ["../shared/data/seed_synthetic/gpt2_generated.csv"]),
         "selftrain.enabled": (False, True),
         "selftrain.rounds": (2, 1),
-        "selftrain.epochs": (1.0, 0.3),
-        "predict.prior": ("none", "uniform"),
-    }
-
-
-def test_student_recipe_states_only_its_differences_from_the_best_recipe():
-    student = REPO / "configs" / "cpu-agnews-student.yaml"
-    assert yaml.safe_load(student.read_text())["base"] == "cpu-agnews-best.yaml"
-    best, cfg = load_config(REPO / "configs" / "cpu-agnews-best.yaml"), load_config(student)
-    assert config_changes(best, cfg) == {
-        "name": ("cpu-agnews-best", "cpu-agnews-student"),
         "selftrain.mode": ("continue", "student"),
-        "selftrain.epochs": (0.3, 1.0),
         "selftrain.per_class_cap": (None, 1000),
         "selftrain.keep_synthetic": (True, False),
+        "selftrain.ensemble_teacher": (False, True),
+        "predict.prior": ("none", "uniform"),
     }
-    st = cfg.selftrain  # the measured student row: 1 round, >= 0.9, 1,000 per class, uniform prior at the end
-    assert (st.rounds, st.threshold, cfg.predict.prior, st.select_after_prior) == (1, 0.9, "uniform", False)
+    cfg = load_config(best)  # teacher + student, two adapters counted by the budget
+    assert cfg.predictor_adapters == 2 and cfg.selftrain.threshold == 0.9 and cfg.selftrain.epochs == 1
+
+
+def test_student_and_continue_recipes_state_only_their_differences():
+    best = load_config(REPO / "configs" / "cpu-agnews-best.yaml")
+    student = REPO / "configs" / "cpu-agnews-student.yaml"
+    assert yaml.safe_load(student.read_text())["base"] == "cpu-agnews-best.yaml"
+    assert config_changes(best, load_config(student)) == {
+        "name": ("cpu-agnews-best", "cpu-agnews-student"),
+        "selftrain.ensemble_teacher": (True, False),
+    }
+    # the former best recipe: the same teacher, then 0.3 epoch continuing its adapter
+    assert config_changes(best, load_config(REPO / "configs" / "cpu-agnews-continue.yaml")) == {
+        "name": ("cpu-agnews-best", "cpu-agnews-continue"),
+        "selftrain.mode": ("student", "continue"),
+        "selftrain.epochs": (1.0, 0.3),
+        "selftrain.per_class_cap": (1000, None),
+        "selftrain.keep_synthetic": (False, True),
+        "selftrain.ensemble_teacher": (True, False),
+    }

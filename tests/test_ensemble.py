@@ -255,3 +255,8 @@ def test_students_and_the_first_teacher_in_one_ensemble(tiny_roberta_dir, tmp_pa
     texts, labels = _dev({"csvs": {"dev": Path(cfg.data.validation)}})
     logits = predict_with_config(model, tok, run_cfg, texts)
     assert metrics["val_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    # the submission's probabilities come from the rounds' target predictions (no new pass): they
+    # equal what the saved four-adapter model predicts, every adapter weighted the same
+    target = [r["text"] for r in csv.DictReader(open(cfg.data.target))]
+    saved = np.load(cfg.run_dir / "target_probs.npz")["probs"]
+    np.testing.assert_allclose(saved, softmax(predict_with_config(model, tok, run_cfg, target), axis=-1), atol=2e-3)

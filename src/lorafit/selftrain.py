@@ -74,6 +74,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
     gold_prior = label_prior(gold["label"], k)
     result, teacher = SelfTrainResult(), model
     logits = predict_with_config(teacher, tokenizer, cfg, target_texts, progress=True)
+    first_logits, first_adapters = logits, len(adapter_names(model))  # the first teacher's, for ensemble_teacher
     teacher_scores = round_scores(cfg, teacher, tokenizer, val, proxy, gold_prior)
     for r in range(1, st.rounds + 1):
         probs = softmax(logits, axis=-1)
@@ -121,9 +122,19 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         teacher = student
     result.target_logits, result.model = logits, teacher
     if st.mode == "student" and st.ensemble_teacher and st.rounds:
+        students = len(adapter_names(teacher))
         add_first_teacher(cfg, model, teacher)
-        result.target_logits = None  # the run's model is another ensemble now: the submission predicts afresh
+        # the run's model averages every adapter's probabilities equally: both sides' target
+        # predictions are at hand, so the submission needs no new pass over the target texts
+        result.target_logits = combine_logits([logits, first_logits], [students, first_adapters])
     return result
+
+
+def combine_logits(logits: list[np.ndarray], adapters: list[int]) -> np.ndarray:
+    """The log-probabilities of an ensemble made of several ensembles: ``logits[j]`` are the log of
+    the mean probability of ``adapters[j]`` adapters, and every adapter counts the same."""
+    probs = sum(n * softmax(np.asarray(x, dtype=np.float64), axis=-1) for x, n in zip(logits, adapters)) / sum(adapters)
+    return np.log(np.maximum(probs, 1e-30)).astype(np.float32)
 
 
 def add_first_teacher(cfg: Config, first, students) -> list[str]:
