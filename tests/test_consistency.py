@@ -18,12 +18,7 @@ from lorafit.train import LorafitTrainer, UnlabeledBatches, consistency_terms
 TARGET = [t for texts in NEWS.values() for t in texts]  # 16 texts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread per test module
 
 
 def test_consistency_terms_on_known_probabilities():

@@ -16,12 +16,7 @@ from lorafit.selftrain import pseudo_labeled_set, select_pseudo_labels, with_tra
 from lorafit.train import lorafit_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread per test module
 
 
 def test_loss_without_extras_is_cross_entropy():

@@ -29,12 +29,7 @@ LABELS = [1, 2, 2, 0]
 PROBS = np.array([[0.05, 0.9, 0.05], [0.95, 0.03, 0.02], [0.6, 0.1, 0.3], [0.02, 0.97, 0.01]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread per test module
 
 
 def _pool():
