@@ -196,10 +196,11 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
     return ensemble_logits(list(per_adapter.values()))
 
 
-def ensemble_logits(logits: Sequence[np.ndarray]) -> np.ndarray:
+def ensemble_logits(logits: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None) -> np.ndarray:
     """An ensemble's prediction from its members' logits: the log of their mean softmax probability
-    (so softmax and argmax downstream read the mean probability), float32."""
-    mean = np.mean([softmax(np.asarray(x, dtype=np.float64), axis=-1) for x in logits], axis=0)
+    (so softmax and argmax downstream read the mean probability), float32. ``weights``: a weighted
+    mean, e.g. members that are themselves ensembles of that many adapters."""
+    mean = np.average([softmax(np.asarray(x, dtype=np.float64), axis=-1) for x in logits], axis=0, weights=weights)
     return np.log(np.maximum(mean, 1e-30)).astype(np.float32)
 
 

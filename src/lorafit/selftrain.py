@@ -42,7 +42,7 @@ from scipy.special import softmax
 from lorafit.augment.select import apply_disagreement, teacher_disagreement
 from lorafit.config import Config, SelfTrainConfig
 from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
-from lorafit.predict import label_prior, predict_with_config
+from lorafit.predict import ensemble_logits, label_prior, predict_with_config
 from lorafit.prior import adjust_predictions
 from lorafit.report import distribution
 from lorafit.train import train_adapters, train_model, with_teacher_logits
@@ -126,15 +126,8 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         add_first_teacher(cfg, model, teacher)
         # the run's model averages every adapter's probabilities equally: both sides' target
         # predictions are at hand, so the submission needs no new pass over the target texts
-        result.target_logits = combine_logits([logits, first_logits], [students, first_adapters])
+        result.target_logits = ensemble_logits([logits, first_logits], weights=[students, first_adapters])
     return result
-
-
-def combine_logits(logits: list[np.ndarray], adapters: list[int]) -> np.ndarray:
-    """The log-probabilities of an ensemble made of several ensembles: ``logits[j]`` are the log of
-    the mean probability of ``adapters[j]`` adapters, and every adapter counts the same."""
-    probs = sum(n * softmax(np.asarray(x, dtype=np.float64), axis=-1) for x, n in zip(logits, adapters)) / sum(adapters)
-    return np.log(np.maximum(probs, 1e-30)).astype(np.float32)
 
 
 def add_first_teacher(cfg: Config, first, students) -> list[str]:
