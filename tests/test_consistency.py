@@ -65,6 +65,33 @@ def test_unlabeled_batches_cycle_in_a_seeded_order(tiny_roberta_dir):
     assert original["input_ids"].shape[1] % 8 == 0 and set(original) == {"input_ids", "attention_mask"}
 
 
+def test_unlabeled_batches_grouped_by_length(tiny_roberta_dir):
+    """train.group_by_length: each run of 50 batches is sorted longest first, so a batch pads to
+    the lengths of similar texts; every pass still takes every text once, in a seeded order."""
+    tok = _tokenizer(tiny_roberta_dir)
+    texts = [("word " * (1 + (7 * i) % 20)).strip() for i in range(120)]  # 1..20 words, mixed
+    plain = UnlabeledBatches(texts, tok, 64, batch_size=2, seed=5, fraction=0.3)
+    grouped = UnlabeledBatches(texts, tok, 64, batch_size=2, seed=5, fraction=0.3, group_by_length=True)
+    first = [i for s in range(60) for i in grouped.indices(s)]
+    assert sorted(first) == list(range(120))
+    lengths = grouped.lengths
+    assert [lengths[i] for i in first[:100]] == sorted((lengths[i] for i in first[:100]), reverse=True)
+    assert [lengths[i] for i in first[100:]] == sorted((lengths[i] for i in first[100:]), reverse=True)
+    # the megabatches are the plain order's runs of 100 (50 batches of 2), sorted
+    plain_first = [i for s in range(60) for i in plain.indices(s)]
+    assert set(first[:100]) == set(plain_first[:100]) and first != plain_first
+    assert [grouped.indices(s) for s in range(60, 70)] != [grouped.indices(s) for s in range(10)]  # pass 2 reshuffled
+    again = UnlabeledBatches(texts, tok, 64, batch_size=2, seed=5, fraction=0.3, group_by_length=True)
+    assert [again.indices(s) for s in range(120)] == [grouped.indices(s) for s in range(120)]
+
+    def padded(b, steps):
+        return sum(b.batch(s)[1]["input_ids"].numel() for s in range(steps))
+
+    plain8 = UnlabeledBatches(texts, tok, 64, batch_size=8, seed=5, fraction=0.3)
+    grouped8 = UnlabeledBatches(texts, tok, 64, batch_size=8, seed=5, fraction=0.3, group_by_length=True)
+    assert padded(grouped8, 15) < 0.8 * padded(plain8, 15)  # a pass of batches of 8 pads much less
+
+
 def _trainer(model_dir, tmp_path, **kw):
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 

@@ -126,11 +126,14 @@ class UnlabeledBatches:
 
     :meth:`batch` gives the originals and copies of batch ``step``: ``batch_size`` texts in a
     seeded order that is reshuffled each pass over the texts (pass ``e`` uses ``[seed, e]``), so a
-    resumed run takes the batches it would have taken. Processes of a data-parallel run take
-    interleaved batches (``rank``, ``world_size``)."""
+    resumed run takes the batches it would have taken. With ``group_by_length`` (as
+    ``train.group_by_length``) each run of 50 batches of that order is sorted by length, longest
+    first, so a batch holds texts of similar length and pads little (random batches of target texts
+    pad to nearly ``max_length``). Processes of a data-parallel run take interleaved batches
+    (``rank``, ``world_size``)."""
 
     def __init__(self, texts: Sequence[str], tokenizer, max_length: int, batch_size: int, seed: int,
-                 fraction: float = 0.3):
+                 fraction: float = 0.3, group_by_length: bool = False):
         if not len(texts):
             raise ValueError("the consistency loss needs unlabeled texts; got none")
         finder = synonym_finder()
@@ -142,6 +145,9 @@ class UnlabeledBatches:
         self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
         self.original = self._features(tokenizer(texts, truncation=True, max_length=max_length))
         self.augmented = self._features(tokenizer(copies, truncation=True, max_length=max_length))
+        self.lengths = np.array([max(len(a["input_ids"]), len(b["input_ids"]))
+                                 for a, b in zip(self.original, self.augmented)])
+        self.group_by_length = group_by_length
         self._orders: dict[int, np.ndarray] = {}
 
     @staticmethod
@@ -157,9 +163,17 @@ class UnlabeledBatches:
         for p in range(start, start + self.batch_size):
             e, j = divmod(p, n)
             if e not in self._orders:
-                self._orders = {e: np.random.default_rng([self.seed, e]).permutation(n)}  # one pass at a time
+                self._orders = {e: self._order(e)}  # one pass at a time
             out.append(int(self._orders[e][j]))
         return out
+
+    def _order(self, e: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, e]).permutation(len(self))
+        if not self.group_by_length:
+            return order
+        size = 50 * self.batch_size
+        return np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                               for chunk in np.split(order, range(size, len(order), size))])
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[dict, dict]:
         ix = self.indices(step, rank, world_size)
@@ -228,9 +242,10 @@ class LorafitTrainer(Trainer):
         """Supervised loss + ``weight`` * consistency loss on this step's unlabeled batch.
 
         The originals are predicted without gradient, in eval mode (no dropout), by the unwrapped
-        model (a DDP model's module: a forward outside the gradient pass); the training rows and
-        the synonym copies go through one forward together, so a data-parallel model sees one
-        forward per backward. Both run under the Trainer's autocast."""
+        model (a DDP model's module: a forward outside the gradient pass). The synonym copies get a
+        forward of their own, so neither batch is padded to the other's length; a data-parallel
+        model, which allows one forward per backward, takes the training rows and the copies in one
+        forward together. All run under the Trainer's autocast."""
         c = self.consistency
         original, augmented = self.unlabeled.batch(self.state.global_step, self.args.process_index,
                                                     self.args.world_size)
@@ -243,19 +258,24 @@ class LorafitTrainer(Trainer):
         finally:
             inner.train()
         n = labels.shape[0]
-        outputs = model(**_pad_cat(inputs, augmented, self.tokenizer_pad_id,
-                                   left=getattr(self.unlabeled.tokenizer, "padding_side", "right") == "left"))
-        logits = outputs.logits
-        loss = lorafit_loss(logits[:n], labels, alpha=self.distill_alpha, temperature=self.distill_temperature,
+        if inner is model:
+            outputs = model(**inputs)
+            logits = outputs.logits
+            aug_logits = model(**{k: v.to(device) for k, v in augmented.items()}).logits
+        else:
+            outputs = model(**_pad_cat(inputs, augmented, self.tokenizer_pad_id,
+                                       left=getattr(self.unlabeled.tokenizer, "padding_side", "right") == "left"))
+            logits, aug_logits = outputs.logits[:n], outputs.logits[n:]
+        loss = lorafit_loss(logits, labels, alpha=self.distill_alpha, temperature=self.distill_temperature,
                             label_smoothing=self.smoothing, **extras)
-        loss_u, mask = consistency_terms(orig_logits, logits[n:], c.threshold, c.temperature, c.hard)
+        loss_u, mask = consistency_terms(orig_logits, aug_logits, c.threshold, c.temperature, c.hard)
         log = self._consistency_log
         log[0] = log[0] + loss_u.detach()
         log[1] = log[1] + mask.sum()
         log[2] += int(mask.numel())
         log[3] += 1
         total = loss + c.weight * loss_u
-        outputs.logits = logits[:n]
+        outputs.logits = logits
         return (total, outputs) if return_outputs else total
 
     @property
@@ -423,7 +443,7 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     if unlabeled is not None:
         c = cfg.train.consistency
         batches = UnlabeledBatches(unlabeled, tokenizer, cfg.model.max_length, c.batch_size or cfg.train.batch_size,
-                                   cfg.seed, c.fraction)
+                                   cfg.seed, c.fraction, group_by_length=cfg.train.group_by_length)
         log.info("consistency loss on %d unlabeled texts (%d synonym copies differ from their text), weight %g, "
                  "threshold %g", len(batches), batches.changed, c.weight, c.threshold)
     tr = tokenize(train_ds, tokenizer, cfg.model.max_length)
