@@ -93,34 +93,33 @@ def _losses(run_dir: Path) -> dict:
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
-def test_ddp_two_processes_match_one(deterministic_tiny_dir, tiny_csvs, tmp_path):
+def _single_and_ddp(model_dir: Path, csvs: dict, tmp_path: Path, single: list[str], ddp: list[str],
+                    **extra) -> tuple[Path, dict]:
+    """The tiny run trained in one process (overrides ``single``) and under torchrun in two
+    (``ddp``); returns the runs' folder and each rank's log of the two-process run."""
     config = tmp_path / "ddp.yaml"
     config.write_text("name: ddp\n")  # built-in defaults: no augmentation, no self-training
     runs = tmp_path / "runs"
-    common = tiny_overrides(deterministic_tiny_dir, tiny_csvs, runs, **{
+    common = tiny_overrides(model_dir, csvs, runs, **{
         "lora.lora_dropout": 0.0, "train.group_by_length": "false", "train.epochs": 3,
-        "train.learning_rate": 0.02, "train.warmup_ratio": 0.0, "train.logging_steps": 1,
+        "train.learning_rate": 0.02, "train.warmup_ratio": 0.0, "train.logging_steps": 1, **extra,
     })
     lorafit = [sys.executable, "-m", "lorafit.cli", "run", str(config)]
 
-    _run([*lorafit, *merge_overrides(common, ["name=single", f"train.batch_size={2 * B}"])], tmp_path,
-         tmp_path / "single.log")
+    _run([*lorafit, *merge_overrides(common, ["name=single", *single])], tmp_path, tmp_path / "single.log")
     logs = tmp_path / "torchrun-logs"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
           "--log-dir", str(logs), "--redirects", "3", *lorafit[1:],
-          *merge_overrides(common, ["name=ddp", f"train.batch_size={B}"])],
+          *merge_overrides(common, ["name=ddp", *ddp])],
          tmp_path, tmp_path / "ddp.log")
-
-    # both ranks took part: each logs its own DDP construction, rank 0 the global batch
     rank_logs = {int(p.parent.name): p.read_text(errors="replace") for p in logs.glob("*/attempt_0/*/stderr.log")}
     assert sorted(rank_logs) == [0, 1], f"expected logs of ranks 0 and 1 under {logs}"
-    for rank, text in rank_logs.items():
-        init = _ddp_init(text, rank)
-        assert (init.get("rank"), init.get("world_size"), init.get("backend_name")) == (str(rank), "2", "gloo"), \
-            f"rank {rank} did not join a 2-process gloo DDP group: {init}"
-    assert f"Instantaneous batch size per device = {B}" in rank_logs[0]
-    assert f"Total train batch size (w. parallel, distributed & accumulation) = {2 * B}" in rank_logs[0]
+    return runs, rank_logs
 
+
+def _assert_same_training(runs: Path) -> None:
+    """The single-process and the two-process run took the same 18 steps with the same losses and
+    ended with the same adapter."""
     single, ddp = runs / "single", runs / "ddp"
     # the same optimizer steps on the same samples: 96 rows / 16 per step = 6 steps per epoch
     ls, ld = _losses(single), _losses(ddp)
@@ -132,7 +131,40 @@ def test_ddp_two_processes_match_one(deterministic_tiny_dir, tiny_csvs, tmp_path
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-4, err_msg=k)
+
+
+def test_ddp_two_processes_match_one(deterministic_tiny_dir, tiny_csvs, tmp_path):
+    runs, rank_logs = _single_and_ddp(deterministic_tiny_dir, tiny_csvs, tmp_path,
+                                      [f"train.batch_size={2 * B}"], [f"train.batch_size={B}"])
+    # both ranks took part: each logs its own DDP construction, rank 0 the global batch
+    for rank, text in rank_logs.items():
+        init = _ddp_init(text, rank)
+        assert (init.get("rank"), init.get("world_size"), init.get("backend_name")) == (str(rank), "2", "gloo"), \
+            f"rank {rank} did not join a 2-process gloo DDP group: {init}"
+    assert f"Instantaneous batch size per device = {B}" in rank_logs[0]
+    assert f"Total train batch size (w. parallel, distributed & accumulation) = {2 * B}" in rank_logs[0]
+    _assert_same_training(runs)
+    single, ddp = runs / "single", runs / "ddp"
     ms = json.loads((single / "metrics.json").read_text())
     md = json.loads((ddp / "metrics.json").read_text())
     assert abs(ms["val_accuracy"] - md["val_accuracy"]) <= 1 / 32 + 1e-9  # at most one of 32 rows differs
     assert (ddp / "submission.csv").is_file()
+
+
+def test_ddp_consistency_matches_one_process(deterministic_tiny_dir, tiny_csvs, tmp_path):
+    """train.consistency under DDP: each process takes its own half of the unlabeled batch and puts
+    the training rows and the synonym copies through one forward (DDP allows one forward per
+    backward), where one process gives the copies a forward of their own. With dropout off both
+    take the same steps: the same losses (supervised + consistency) and the same adapter."""
+    u = 4  # unlabeled texts per process and step
+    consistency = {"train.consistency.enabled": "true", "train.consistency.threshold": 0.0,
+                   "train.consistency.weight": 0.5}
+    runs, rank_logs = _single_and_ddp(
+        deterministic_tiny_dir, tiny_csvs, tmp_path,
+        [f"train.batch_size={2 * B}", f"train.consistency.batch_size={2 * u}"],
+        [f"train.batch_size={B}", f"train.consistency.batch_size={u}"], **consistency)
+    assert all("consistency loss on 16 unlabeled texts" in text for text in rank_logs.values())
+    _assert_same_training(runs)
+    for run in ("single", "ddp"):
+        logged = [h for h in json.loads((runs / run / "train_log.json").read_text()) if "consistency_loss" in h]
+        assert len(logged) == 18 and all(h["consistency_mask_rate"] == 1.0 and h["consistency_loss"] > 0 for h in logged)
