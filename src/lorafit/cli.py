@@ -266,6 +266,77 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
     _guarded(go)
 
 
+@app.command()
+def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of one recipe trained with other seeds (2 or more)"),
+              data: Optional[str] = typer.Option(None, "--data", help="also a labeled set (e.g. the dev set), predicted by "
+                                                 "each run, to check the estimate where labels exist"),
+              prior: Optional[str] = typer.Option(None, help="apply a prior to the probabilities first: none | uniform | em | proportions"),
+              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the estimates as JSON here"),
+              allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+              verbose: bool = typer.Option(False, "-v", "--verbose")):
+    """Estimate a recipe's accuracy on the unlabeled target set from how often runs of other seeds
+    disagree there (1 - mean pairwise disagreement; Jiang et al. 2022). The runs' saved target
+    probabilities are used (no model run); --data measures the same estimate's gap on a labeled set."""
+    _setup_logging(verbose)
+
+    def go():
+        from scipy.special import softmax
+
+        from lorafit.io_utils import atomic_write_json, check_writable
+        from lorafit.predict import read_target_probs
+        from lorafit.prior import adjust_predictions, parse_prior
+        from lorafit.report import agreement_estimate
+
+        if len(run_dirs) < 2:
+            _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
+        if output is not None:
+            check_writable(output, "agreement file (-o)")
+        saved = {str(run): read_target_probs(Path(run) / "target_probs.npz") for run in run_dirs}
+        try:  # a bad prior fails before any model work
+            parse_prior(prior, next(iter(saved.values()))[0].shape[1])
+        except ValueError as e:
+            _fail(f"--prior {prior}: {e}")
+
+        def adjusted(probs):
+            return adjust_predictions(probs, prior)[0] if prior not in (None, "none") else probs
+
+        target = [adjusted(probs).argmax(1) for probs, _ in saved.values()]
+        digests = {run: digest for run, (_, digest) in saved.items()}
+        if len(set(digests.values())) > 1:
+            _fail("the runs predicted different target sets (target_probs.npz digests differ: "
+                  + ", ".join(f"{r} {d[:8]}" for r, d in digests.items()) + ")")
+        result = {"runs": [str(r) for r in run_dirs], "prior": prior or "none",
+                  "target": agreement_estimate(target)}
+        t = result["target"]
+        typer.echo(f"target ({t['rows']:,} texts, {len(run_dirs)} runs): mean pairwise disagreement "
+                   f"{100 * t['mean_disagreement']:.2f}% -> estimated accuracy {100 * t['estimated_accuracy']:.2f}%")
+        if data is not None:
+            from lorafit.data.io import load_labeled
+            from lorafit.model import load_trained
+            from lorafit.predict import predict_with_config
+
+            preds, labels = [], None
+            for run in run_dirs:
+                model, tok, cfg = load_trained(run)
+                ds = load_labeled(data, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
+                                  allow_pickle=allow_pickle)
+                labels = ds["label"]
+                logits = predict_with_config(model, tok, cfg, ds["text"], progress=verbose)
+                preds.append(adjusted(softmax(logits, axis=-1)).argmax(1))
+                del model
+            d = result["data"] = agreement_estimate(preds, labels)
+            result["target_estimate_minus_gap"] = t["estimated_accuracy"] - d["gap"]
+            typer.echo(f"{data} ({d['rows']:,} rows): accuracy "
+                       + " / ".join(f"{100 * a:.2f}%" for a in d["accuracy"])
+                       + f" (mean {100 * d['mean_accuracy']:.2f}%); disagreement {100 * d['mean_disagreement']:.2f}% "
+                       f"-> estimate {100 * d['estimated_accuracy']:.2f}% (gap {100 * d['gap']:+.2f} points)")
+            typer.echo(f"target estimate minus that gap: {100 * result['target_estimate_minus_gap']:.2f}%")
+        if output is not None:
+            atomic_write_json(output, result)
+
+    _guarded(go)
+
+
 @app.command("adapt-lm")
 def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
              verbose: bool = typer.Option(False, "-v", "--verbose")):

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from lorafit.config import CleanConfig, Config
 from lorafit.data.clean import clean_text, clip_text
+from lorafit.errors import DataError
 from lorafit.io_utils import atomic_path, atomic_write_text, texts_digest
 from lorafit.model import adapter_names, adapter_pass, load_teacher, load_trained
 from lorafit.precision import autocast, inference_precision, pick_precision
@@ -286,6 +287,19 @@ def save_target_probs(path: Path, probs: np.ndarray, texts: Sequence[str]) -> No
     """Keep the raw target probabilities so a prior can be re-applied without the model."""
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, probs=probs.astype(np.float32), digest=np.array(texts_digest(texts)))
+
+
+def read_target_probs(path: Path) -> tuple[np.ndarray, str]:
+    """A run's saved target probabilities and the digest of the texts they were computed for;
+    a missing or unreadable file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; `lorafit predict {path.parent}` writes the run's target probabilities")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["probs"].astype(np.float64), str(z["digest"])
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a target_probs file ({e})") from e
 
 
 def load_target_probs(path: Path, texts: Sequence[str]) -> Optional[np.ndarray]:
