@@ -4,9 +4,10 @@ Each group is ``NAME=RUN,RUN,...`` (run folders under ``--runs``, one per seed).
 dev accuracy (metrics.json ``val_accuracy``), its proxy accuracy without and with the uniform prior
 (``proxy-none.json`` / ``proxy-uniform.json``, written by ``lorafit evaluate RUN PROXY -o ...``)
 and its wall time. Prints one markdown row per group: mean +- sample standard deviation, and the
-per-seed values. ``RUN:teacher`` takes the numbers of the run's first teacher instead (a
-teacher/student run logs them in metrics.json ``selftrain``), and a run without proxy files takes
-its last round's (a student's) proxy accuracy from there. Run from the repo root:
+per-seed values. ``RUN:teacher`` takes the numbers of the run's first teacher instead, and
+``RUN:student`` those of its last round's model (a teacher/student run logs both in metrics.json
+``selftrain``); a run whose model is that last round's (not an ensemble) and that has no proxy
+files also takes its proxy accuracy from there. Run from the repo root:
 
     .venv/bin/python scripts/seed_spread.py "teacher=e1:teacher,s1:teacher" "new=e2,s1,s2" "old=c42,c1,c2"
 """
@@ -30,13 +31,14 @@ def read_run(spec: str, runs: Path) -> dict:
     m = json.loads(metrics_file.read_text())
     rounds = m.get("selftrain") or []
     if part:
-        if part != "teacher" or not rounds:
-            raise SystemExit(f"{spec}: only RUN:teacher is known, for a run with self-training rounds")
-        first = rounds[0]
-        return {"dev": first.get("teacher_val_accuracy"), "proxy": first.get("teacher_proxy_accuracy"),
-                "proxy_prior": first.get("teacher_proxy_accuracy_prior")}
+        if part not in ("teacher", "student") or not rounds:
+            raise SystemExit(f"{spec}: only RUN:teacher and RUN:student are known, for a run with self-training rounds")
+        r, prefix = (rounds[0], "teacher_") if part == "teacher" else (rounds[-1], "")
+        return {"dev": r.get(f"{prefix}val_accuracy"), "proxy": r.get(f"{prefix}proxy_accuracy"),
+                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior")}
     out = {"dev": m["val_accuracy"]}
-    last = rounds[-1] if rounds else {}
+    ensemble = (m.get("ensemble") or {}).get("adapters", 1) > 1
+    last = rounds[-1] if rounds and not ensemble else {}
     for key, file, logged in (("proxy", "proxy-none.json", "proxy_accuracy"),
                               ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior")):
         f = runs / name / file
