@@ -300,11 +300,11 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
         def adjusted(probs):
             return adjust_predictions(probs, prior)[0] if prior not in (None, "none") else probs
 
-        target = [adjusted(probs).argmax(1) for probs, _ in saved.values()]
         digests = {run: digest for run, (_, digest) in saved.items()}
         if len(set(digests.values())) > 1:
             _fail("the runs predicted different target sets (target_probs.npz digests differ: "
                   + ", ".join(f"{r} {d[:8]}" for r, d in digests.items()) + ")")
+        target = [adjusted(probs).argmax(1) for probs, _ in saved.values()]
         result = {"runs": [str(r) for r in run_dirs], "prior": prior or "none",
                   "target": agreement_estimate(target)}
         t = result["target"]
