@@ -315,16 +315,16 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
             from lorafit.model import load_trained
             from lorafit.predict import predict_with_config
 
-            preds, labels = [], None
+            preds, ds = [], None
             for run in run_dirs:
                 model, tok, cfg = load_trained(run)
-                ds = load_labeled(data, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
-                                  allow_pickle=allow_pickle)
-                labels = ds["label"]
+                if ds is None:  # read once: the runs are one recipe (same columns and labels)
+                    ds = load_labeled(data, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
+                                      allow_pickle=allow_pickle)
                 logits = predict_with_config(model, tok, cfg, ds["text"], progress=verbose)
                 preds.append(adjusted(softmax(logits, axis=-1)).argmax(1))
                 del model
-            d = result["data"] = agreement_estimate(preds, labels)
+            d = result["data"] = agreement_estimate(preds, ds["label"])
             result["target_estimate_minus_gap"] = t["estimated_accuracy"] - d["gap"]
             typer.echo(f"{data} ({d['rows']:,} rows): accuracy "
                        + " / ".join(f"{100 * a:.2f}%" for a in d["accuracy"])
