@@ -245,3 +245,82 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     assert res.exit_code == 0, res.output
     assert out.read_text() == (cfg.run_dir / "submission.csv").read_text()
     assert "(student)" in (cfg.run_dir / "summary.md").read_text()
+
+
+def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(tiny_roberta_dir, tiny_csvs, tmp_path,
+                                                                               monkeypatch):
+    """selftrain.round_teacher=ensemble: round 2's pseudo-labels come from round 1's student averaged
+    with the first teacher (probabilities, one weight per adapter), and the same two models judge
+    round 2's synthetic gold rows; round 1 is labeled by the first teacher alone."""
+    from scipy.special import softmax
+
+    import lorafit.pipeline as pipeline
+    import lorafit.selftrain as selftrain
+    from conftest import write_csv
+    from lorafit.data import prepare_data
+    from lorafit.predict import ensemble_logits, predict_with_config
+
+    extra = write_csv(tmp_path / "extra.csv", [{"text": f"Extra story number {i} about the markets", "label": i % 4}
+                                                for i in range(8)])
+    cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
+        "name=ens", f"augment.extra=[{extra}]", "augment.select.enabled=false", "train.epochs=1",
+        "selftrain.enabled=true", "selftrain.mode=student", "selftrain.rounds=2", "selftrain.threshold=0.0",
+        "selftrain.per_class_cap=2", "selftrain.epochs=1", "selftrain.round_teacher=ensemble",
+        "selftrain.ensemble_teacher=true", "selftrain.synthetic=relabel", "selftrain.synthetic_confidence=0.0"]))
+    seen = {"main": [], "rounds": [], "chosen": [], "judges": []}
+    real_main, real_round = pipeline.train_model, selftrain.train_model
+    real_pseudo, real_judge = selftrain.pseudo_labeled_set, selftrain.judge_synthetic
+
+    def main_train(cfg_, model, *a, **kw):
+        seen["main"].append(model)
+        return real_main(cfg_, model, *a, **kw)
+
+    def round_train(cfg_, model, *a, **kw):
+        seen["rounds"].append(model)
+        return real_round(cfg_, model, *a, **kw)
+
+    def pseudo(texts, probs, st):
+        seen["chosen"].append(np.array(probs))
+        return real_pseudo(texts, probs, st)
+
+    def judge(cfg_, teacher, tokenizer, rows):
+        seen["judges"].append(teacher)
+        return real_judge(cfg_, teacher, tokenizer, rows)
+
+    for mod, name, fn in ((pipeline, "train_model", main_train), (selftrain, "train_model", round_train),
+                          (selftrain, "pseudo_labeled_set", pseudo), (selftrain, "judge_synthetic", judge)):
+        monkeypatch.setattr(mod, name, fn)
+    m = pipeline.run(cfg)
+
+    (first,), (student1, student2) = seen["main"], seen["rounds"]
+    data = prepare_data(cfg)
+    target = data.target["text"][:]
+    from lorafit.model import load_trained
+    _, tok, _ = load_trained(cfg.run_dir)
+    l0 = predict_with_config(first, tok, cfg, target)
+    l1 = predict_with_config(student1, tok, cfg, target)
+    both = ensemble_logits([l1, l0], weights=[1, 1])
+    np.testing.assert_allclose(seen["chosen"][0], softmax(l0, -1), atol=1e-5)  # round 1: the first teacher
+    np.testing.assert_allclose(seen["chosen"][1], softmax(both, -1), atol=1e-5)  # round 2: student 1 + teacher
+    assert not np.allclose(seen["chosen"][1], softmax(l1, -1), atol=1e-3)  # not student 1 alone
+    assert seen["judges"][0] is first
+    models, weights = seen["judges"][1]
+    assert models[0] is student1 and models[1] is first and weights == [1, 1]
+    r1, r2 = m["selftrain"]
+    assert (r1["teacher"], r2["teacher"]) == ("first teacher", "students + first teacher")
+    l2 = predict_with_config(student2, tok, cfg, target)
+    assert r2["target_changed"] == int((l2.argmax(1) != both.argmax(1)).sum())
+    assert r2["target_distribution_before"] == np.bincount(both.argmax(1), minlength=4).tolist()
+    # the run's model: the last student + the first teacher, as with round_teacher=students
+    assert m["ensemble"]["names"] == ["default", "teacher"]
+    assert "labeled by the students + first teacher" in (cfg.run_dir / "summary.md").read_text()
+
+
+def test_round_teacher_needs_student_mode():
+    from lorafit.config import ConfigError
+    with pytest.raises(ConfigError, match="selftrain.round_teacher.*mode=student"):
+        load_config(None, ["selftrain.round_teacher=ensemble"])
+    with pytest.raises(ConfigError, match="selftrain.round_teacher"):
+        load_config(None, ["selftrain.mode=student", "selftrain.round_teacher=teacher"])
+    assert load_config(None, ["selftrain.mode=student", "selftrain.round_teacher=ensemble"]).selftrain.round_teacher \
+        == "ensemble"

@@ -502,6 +502,11 @@ class SelfTrainConfig(Section):
         probabilities. The budget counts every student.
     ensemble_teacher: student mode: the run's model also averages in the first teacher (the main
         training's adapter(s)): no extra training, but the budget counts those adapters too.
+    round_teacher: student mode: which model labels the target texts (and judges the synthetic
+        rows) for round r + 1: ``students`` (default), round r's students; ``ensemble``, round r's
+        students averaged with the first teacher, every adapter weighted the same (the model
+        ensemble_teacher makes the run's; the first teacher's target predictions are reused, so it
+        costs no extra pass over the target texts).
     threshold: least confidence of a kept pseudo-label, in [0, 1).
     per_class_cap: most pseudo-labels per class; null = the smallest non-zero class's confident
         count, so classes stay balanced.
@@ -529,6 +534,7 @@ class SelfTrainConfig(Section):
     mode: Literal["continue", "student"] = "continue"
     students: Count = 1
     ensemble_teacher: Bool = False
+    round_teacher: Literal["students", "ensemble"] = "students"
     threshold: Float(0, 1, hi_open=True) = 0.9
     per_class_cap: Optional[Count] = None
     select_after_prior: Bool = False
@@ -557,6 +563,10 @@ class SelfTrainConfig(Section):
         if self.mode != "student" and self.ensemble_teacher:
             raise _error("averages the first teacher with the students, which needs selftrain.mode=student "
                          "(continue mode trains the teacher's adapter further)", "ensemble_teacher")
+        if self.mode != "student" and self.round_teacher != "students":
+            raise _error("labels the next round with the students averaged with the first teacher, which needs "
+                         "selftrain.mode=student (continue mode trains the teacher's adapter further)",
+                         "round_teacher")
         return self
 
 

@@ -203,7 +203,8 @@ def summary(cfg: Config, m: dict) -> str:
         scores = "".join(f"; {name} {100 * r[key]:.2f}%" for key, name in
                          (("val_accuracy", "validation accuracy"), ("proxy_accuracy", "proxy accuracy")) if key in r)
         changed = f"; {r['target_changed']:,} target labels changed" if "target_changed" in r else ""
-        lines.append(f"- self-training round {r['round']} ({r.get('mode', 'continue')}): kept {r['kept_per_class']} "
-                     f"per class{changed}{scores}")
+        by = f", labeled by the {r['teacher']}" if r.get("teacher") not in (None, "first teacher", "previous round") else ""
+        lines.append(f"- self-training round {r['round']} ({r.get('mode', 'continue')}{by}): kept "
+                     f"{r['kept_per_class']} per class{changed}{scores}")
     lines.append(f"- files: {cfg.run_dir}/ (report.html, config.yaml, metrics.json, curves.png, model/)")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ to the gold rows with weight ``selftrain.weight`` (or as soft labels), reshuffle
 - ``mode: student``: a fresh adapter (re-initialised with ``seed + round``, its own optimizer and
   schedule).
 
-The round's model is the next round's teacher and, after the last round, the run's model. With
+The round's model is the next round's teacher (with ``selftrain.round_teacher: ensemble``, the
+round's students averaged with the first teacher) and, after the last round, the run's model. With
 several adapters it is an ensemble (probabilities averaged): in student mode each round trains
 ``selftrain.students`` fresh students (student i seeded ``seed + round + 1000 * i``); in continue
 mode each of the ``train.adapters`` adapters is trained further; ``selftrain.ensemble_teacher``
@@ -76,6 +77,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
     logits = predict_with_config(teacher, tokenizer, cfg, target_texts, progress=True)
     first_logits, first_adapters = logits, len(adapter_names(model))  # the first teacher's, for ensemble_teacher
     teacher_scores = round_scores(cfg, teacher, tokenizer, val, proxy, gold_prior)
+    judges, last_logits = teacher, logits  # judges: the model(s) that judge a round's synthetic gold rows
     for r in range(1, st.rounds + 1):
         probs = softmax(logits, axis=-1)
         before = probs.argmax(1)
@@ -83,7 +85,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         pseudo, info = pseudo_labeled_set(target_texts, chosen, st)
         round_gold = gold
         if st.synthetic != "keep":  # this round's teacher judges the synthetic gold rows
-            round_gold, info["synthetic"] = judge_synthetic(cfg, teacher, tokenizer, rows)
+            round_gold, info["synthetic"] = judge_synthetic(cfg, judges, tokenizer, rows)
         if "synthetic" in round_gold.column_names:  # pseudo-labeled rows are not synthetic
             pseudo = pseudo.add_column("synthetic", [0] * len(pseudo))
         merged = datasets.concatenate_datasets([round_gold, pseudo.cast(round_gold.features)]
@@ -100,7 +102,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
                                  st.students if st.mode == "student" else cfg.train.adapters, epochs=st.epochs,
                                  fit=train_model, unlabeled=target_texts if st.consistency else None)
         result.history += [{**h, "selftrain_round": r} for h in trained.history]
-        logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
+        logits = last_logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
         after = logits.argmax(1)
         scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior,
                               per="student" if st.mode == "student" else "adapter")
@@ -118,15 +120,23 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
                  r, info["kept_per_class"], info["target_changed"], info["target_distribution_before"],
                  info["target_distribution_after"],
                  "".join(f"; {key} {v:.4f}" for key, v in scores.items() if isinstance(v, float)))
+        info["teacher"] = ("first teacher" if r == 1 else
+                           "students + first teacher" if st.round_teacher == "ensemble" else "previous round")
         result.rounds.append(info)
-        teacher = student
-    result.target_logits, result.model = logits, teacher
+        teacher = judges = student
+        if st.mode == "student" and st.round_teacher == "ensemble" and r < st.rounds:
+            # the next round's pseudo-labels come from this round's students averaged with the first
+            # teacher (every adapter weighted the same), the model ensemble_teacher makes the run's
+            weights = [len(adapter_names(student)), first_adapters]
+            logits = ensemble_logits([logits, first_logits], weights=weights)
+            judges = ([student, model], weights)
+    result.target_logits, result.model = last_logits, teacher
     if st.mode == "student" and st.ensemble_teacher and st.rounds:
         students = len(adapter_names(teacher))
         add_first_teacher(cfg, model, teacher)
         # the run's model averages every adapter's probabilities equally: both sides' target
         # predictions are at hand, so the submission needs no new pass over the target texts
-        result.target_logits = ensemble_logits([logits, first_logits], weights=[students, first_adapters])
+        result.target_logits = ensemble_logits([last_logits, first_logits], weights=[students, first_adapters])
     return result
 
 
@@ -218,7 +228,8 @@ def pseudo_labeled_set(texts: list[str], probs: np.ndarray, st: SelfTrainConfig)
 
 def judge_synthetic(cfg: Config, teacher, tokenizer, rows: datasets.Dataset) -> tuple[datasets.Dataset, dict]:
     """``selftrain.synthetic`` on the gold ``rows``: ``teacher`` predicts the rows marked ``synthetic``
-    (one prediction pass over them); those it assigns to another class with probability >=
+    (one prediction pass over them; ``teacher`` may be ``([model, ...], weights)``: their
+    probabilities averaged with those weights); those it assigns to another class with probability >=
     ``synthetic_confidence`` are dropped, relabeled to its class or down-weighted by
     ``synthetic_weight`` (see :func:`lorafit.augment.select.apply_disagreement`). Returns the gold
     rows with the training columns, and the counts for the round's record."""
@@ -231,7 +242,10 @@ def judge_synthetic(cfg: Config, teacher, tokenizer, rows: datasets.Dataset) -> 
     mask, pred = np.zeros(len(rows), dtype=bool), labels.copy()
     if len(synthetic):  # the gold texts are prepared (clean) already
         texts = rows["text"][:]
-        logits = predict_with_config(teacher, tokenizer, cfg, [texts[i] for i in synthetic], clean=False)
+        models, weights = teacher if isinstance(teacher, tuple) else ([teacher], None)
+        chosen = [texts[i] for i in synthetic]
+        logits = ensemble_logits([predict_with_config(m, tokenizer, cfg, chosen, clean=False) for m in models],
+                                 weights=weights)
         mask[synthetic], pred[synthetic] = teacher_disagreement(labels[synthetic], softmax(logits, axis=-1),
                                                                 st.synthetic_confidence)
     judged, n = apply_disagreement(rows, mask, pred, st.synthetic, st.synthetic_weight)
