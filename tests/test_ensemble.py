@@ -260,3 +260,36 @@ def test_students_and_the_first_teacher_in_one_ensemble(tiny_roberta_dir, tmp_pa
     target = [r["text"] for r in csv.DictReader(open(cfg.data.target))]
     saved = np.load(cfg.run_dir / "target_probs.npz")["probs"]
     np.testing.assert_allclose(saved, softmax(predict_with_config(model, tok, run_cfg, target), axis=-1), atol=2e-3)
+
+
+def test_loading_an_encoder_checkpoint_reports_the_new_head_and_any_missing_encoder_weight(
+        tiny_roberta_dir, tmp_path, caplog, capfd):
+    """An encoder-only checkpoint (no classification head, as MiniLM and roberta-base ship) loads
+    with one INFO line for the new head and without transformers' LOAD REPORT table; an encoder
+    weight the checkpoint lacks is drawn at random, which is a WARNING naming it."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = tmp_path / "encoder"
+    AutoModel.from_pretrained(str(tiny_roberta_dir), add_pooling_layer=False).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(str(tiny_roberta_dir)).save_pretrained(encoder)
+    cfg = load_config(None, [*tiny_overrides(encoder, _csvs(tmp_path), tmp_path / "runs")])
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="lorafit.model"):
+        load_base_model(cfg)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "lorafit.model"]
+    assert any(level == logging.INFO and "a new classification head (classifier.dense.bias, classifier.dense.weight, "
+               "classifier.out_proj.bias, classifier.out_proj.weight)" in m for level, m in messages), messages
+    assert not any(level >= logging.WARNING for level, m in messages), messages
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    # the same checkpoint without one encoder weight
+    weights = load_file(str(encoder / "model.safetensors"))
+    dropped = next(k for k in weights if "layer.1.attention.self.key.weight" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(encoder / "model.safetensors"),
+              metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lorafit.model"):
+        load_base_model(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.name == "lorafit.model" and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "1 encoder weights are not in the checkpoint" in warned[0], warned
+    assert "roberta.encoder.layer.1.attention.self.key.weight" in warned[0]

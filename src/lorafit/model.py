@@ -129,19 +129,55 @@ def load_base_model(cfg: Config, weights: bool = True):
             base = AutoModelForSequenceClassification.from_config(mcfg)
     else:
         try:
-            base, info = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model(cfg.model.name), config=mcfg, ignore_mismatched_sizes=True, output_loading_info=True)
+            with _quiet_load_report():  # restated by report_loading: an encoder checkpoint always lacks the head
+                base, info = AutoModelForSequenceClassification.from_pretrained(
+                    resolve_model(cfg.model.name), config=mcfg, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise ModelError(
                 f"could not load the weights of '{cfg.model.name}': {str(e)[:300]}. Offline? Point model.name at "
                 "a local model folder, or use model.name=minilm."
             ) from None
+        report_loading(cfg.model.name, base, info)
         # weights the checkpoint does not hold (a new head): another adapter's head copy re-initialises them
         base.lorafit_new_weights = frozenset([*info.get("missing_keys", ()),
                                               *(k[0] for k in info.get("mismatched_keys", ()))])
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
     return base
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """Hold back transformers' per-load "LOAD REPORT" warning (its table of missing keys), which
+    every load of an encoder checkpoint prints for the new classification head."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def report_loading(name: str, base, info: dict) -> None:
+    """Log what ``from_pretrained`` could not take from the checkpoint of ``name``: the
+    classification head (outside the encoder, ``base.base_model_prefix``) is expected to be new and
+    is logged at INFO; encoder weights the checkpoint lacks or holds in another shape were drawn
+    at random and stay frozen, which is worth a WARNING; unused checkpoint weights (e.g. a
+    language-model head) are counted at INFO."""
+    prefix = f"{getattr(base, 'base_model_prefix', '')}."
+    missing = [*info.get("missing_keys", ()), *(k[0] for k in info.get("mismatched_keys", ()))]
+    head = sorted(k for k in missing if not k.startswith(prefix))
+    encoder = sorted(k for k in missing if k.startswith(prefix))
+    if head:
+        log.info("model %s: a new classification head (%s), trained with the adapter", name, ", ".join(head))
+    if encoder:
+        log.warning("model %s: %d encoder weights are not in the checkpoint (or have another shape) and were drawn "
+                    "at random: %s%s", name, len(encoder), ", ".join(encoder[:5]), ", ..." if len(encoder) > 5 else "")
+    unused = info.get("unexpected_keys", ())
+    if unused:
+        log.info("model %s: %d checkpoint weights unused by the classifier (e.g. %s)", name, len(unused),
+                 sorted(unused)[0])
 
 
 def position_limit(mcfg: PretrainedConfig) -> Optional[int]:
