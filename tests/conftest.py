@@ -45,6 +45,14 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None)
     return path
 
 
+EXTRA_ROWS = [{"text": f"Extra story number {i} about the markets", "label": i % 4} for i in range(8)]
+
+
+def write_extra_csv(tmp_path: Path) -> Path:
+    """An ``augment.extra`` file of 8 labeled rows (2 per class), as generated samples would be."""
+    return write_csv(tmp_path / "extra.csv", EXTRA_ROWS)
+
+
 def tiny_labeled_rows(copies: int = 6) -> list[dict]:
     """4 classes x 4 texts x ``copies`` slight variants: learnable by a tiny model."""
     rows = []

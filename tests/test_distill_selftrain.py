@@ -162,14 +162,13 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
 
     import lorafit.pipeline as pipeline
     import lorafit.selftrain as selftrain
-    from conftest import write_csv
+    from conftest import write_extra_csv
     from lorafit.cli import app
     from lorafit.data import prepare_data
     from lorafit.model import build_model, load_trained
     from lorafit.predict import predict_with_config
 
-    extra = write_csv(tmp_path / "extra.csv", [{"text": f"Extra story number {i} about the markets", "label": i % 4}
-                                                for i in range(8)])
+    extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
         "name=student", f"augment.extra=[{extra}]", "augment.select.enabled=false",
         "selftrain.enabled=true", "selftrain.mode=student", "selftrain.rounds=2", "selftrain.threshold=0.0",
@@ -256,12 +255,11 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
 
     import lorafit.pipeline as pipeline
     import lorafit.selftrain as selftrain
-    from conftest import write_csv
+    from conftest import write_extra_csv
     from lorafit.data import prepare_data
     from lorafit.predict import ensemble_logits, predict_with_config
 
-    extra = write_csv(tmp_path / "extra.csv", [{"text": f"Extra story number {i} about the markets", "label": i % 4}
-                                                for i in range(8)])
+    extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
         "name=ens", f"augment.extra=[{extra}]", "augment.select.enabled=false", "train.epochs=1",
         "selftrain.enabled=true", "selftrain.mode=student", "selftrain.rounds=2", "selftrain.threshold=0.0",

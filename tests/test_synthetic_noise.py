@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import lorafit.augment
-from conftest import tiny_overrides, write_csv
+from conftest import EXTRA_ROWS, tiny_overrides, write_csv, write_extra_csv
 from lorafit.augment import augment_training_data
 from lorafit.augment.select import apply_disagreement, select_samples, teacher_disagreement
 from lorafit.config import AugmentConfig, Config, DataConfig, SelectConfig, load_config, merge_overrides
@@ -182,8 +182,7 @@ def test_selftrain_rounds_judge_the_synthetic_rows(tiny_roberta_dir, tiny_csvs, 
     import lorafit.selftrain as selftrain
     from lorafit.predict import predict_with_config
 
-    extra = write_csv(tmp_path / "extra.csv", [{"text": f"Extra story number {i} about the markets", "label": i % 4}
-                                                for i in range(8)])
+    extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
         "name=judge", f"augment.extra=[{extra}]", "augment.select.enabled=false", "augment.label_smoothing=0.1",
         "train.epochs=1", "selftrain.enabled=true", "selftrain.mode=student", "selftrain.rounds=1",
@@ -214,7 +213,7 @@ def test_selftrain_rounds_judge_the_synthetic_rows(tiny_roberta_dir, tiny_csvs, 
     texts = [t for t, s in zip(saved["text"], saved["synthetic"]) if s == 1]
     teacher = seen["teacher"]
     assert [synth[t] for t in texts] == teacher.tolist()  # confidence 0: every row gets the teacher's class
-    original = {f"Extra story number {i} about the markets": i % 4 for i in range(8)}
+    original = {r["text"]: r["label"] for r in EXTRA_ROWS}
     assert rec["synthetic"]["relabeled"] == sum(int(teacher[i] != original[t]) for i, t in enumerate(texts))
     assert rec["gold_rows"] == 104 and rec["train_rows"] == 104 + rec["kept"]
     saved = json.loads((tmp_path / "runs" / "judge" / "metrics.json").read_text())
