@@ -168,3 +168,30 @@ def test_ddp_consistency_matches_one_process(deterministic_tiny_dir, tiny_csvs, 
     for run in ("single", "ddp"):
         logged = [h for h in json.loads((runs / run / "train_log.json").read_text()) if "consistency_loss" in h]
         assert len(logged) == 18 and all(h["consistency_mask_rate"] == 1.0 and h["consistency_loss"] > 0 for h in logged)
+
+
+def test_ddp_several_adapters_match_one_process(deterministic_tiny_dir, tiny_csvs, tmp_path):
+    """train.adapters=2 under torchrun: the Trainer wraps the same PEFT model in DDP once per adapter,
+    the second time with the first adapter frozen. Both adapters must take the same steps and end
+    with the same weights as in one process with twice the batch, and the saved model holds both."""
+    runs, _ = _single_and_ddp(deterministic_tiny_dir, tiny_csvs, tmp_path,
+                              [f"train.batch_size={2 * B}"], [f"train.batch_size={B}"],
+                              **{"train.adapters": 2, "lora.bias": "none"})
+    from safetensors.numpy import load_file
+
+    for run in ("single", "ddp"):
+        history = json.loads((runs / run / "train_log.json").read_text())
+        second = [h["step"] for h in history if h.get("adapter") == 1 and "loss" in h]
+        assert second == list(range(1, 19)), f"{run}: adapter-1 logged steps {second}"
+    _assert_same_training(runs)  # the first adapter (model/adapter_model.safetensors)
+    a, b = (load_file(str(runs / r / "model" / "adapter-1" / "adapter_model.safetensors")) for r in ("single", "ddp"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-4, err_msg=k)
+    lora_b = [k for k in a if "lora_B" in k]
+    assert lora_b and all(np.abs(a[k]).max() > 0 for k in lora_b), "adapter-1 was not trained (LoRA B still zero)"
+    first = _adapter(runs / "single")
+    assert any(not np.allclose(first[k], a[k]) for k in a if k in first), "adapter-1 is a copy of the first"
+    for run in ("single", "ddp"):
+        budget = json.loads((runs / run / "metrics.json").read_text())["budget"]
+        assert budget["trainable"] == 2 * budget["trainable_per_adapter"] > 0
