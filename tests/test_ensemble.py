@@ -293,3 +293,34 @@ def test_loading_an_encoder_checkpoint_reports_the_new_head_and_any_missing_enco
     warned = [r.getMessage() for r in caplog.records if r.name == "lorafit.model" and r.levelno == logging.WARNING]
     assert len(warned) == 1 and "1 encoder weights are not in the checkpoint" in warned[0], warned
     assert "roberta.encoder.layer.1.attention.self.key.weight" in warned[0]
+
+
+def test_evaluate_with_the_prior_fitted_on_the_target_set(ens, tmp_path):
+    """``lorafit evaluate --prior P --prior-fit target``: the prior's per-class factors are fitted on
+    the run's saved target probabilities (what its submission got) and re-weight the labeled set."""
+    from lorafit.prior import adjust_predictions, reweight
+
+    runner, run_dir = CliRunner(), ens["run_dir"]
+    m = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", str(run_dir), str(ens["csvs"]["dev"]), "--prior", "0.7,0.1,0.1,0.1",
+                              "--prior-fit", "target", "-o", str(m)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(m.read_text())
+    weights = adjust_predictions(np.load(run_dir / "target_probs.npz")["probs"], "0.7,0.1,0.1,0.1")[1]["class_weights"]
+    assert out["prior"] == {"mode": "custom", "fitted_on": "target", "class_weights": pytest.approx(weights)}
+    model, tok, cfg = load_trained(run_dir)
+    texts, labels = _dev(ens)
+    preds = reweight(softmax(predict_with_config(model, tok, cfg, texts), axis=-1), weights).argmax(1)
+    assert out["accuracy"] == pytest.approx((preds == labels).mean())
+
+    res = runner.invoke(app, ["evaluate", str(run_dir), str(ens["csvs"]["dev"]), "--prior-fit", "target"])
+    assert res.exit_code != 0 and "--prior-fit target needs --prior" in res.output
+    res = runner.invoke(app, ["evaluate", str(run_dir), str(ens["csvs"]["dev"]), "--prior", "uniform",
+                              "--prior-fit", "proxy"])
+    assert res.exit_code != 0 and "--prior-fit must be data or target" in res.output
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    (bare / "target_probs.npz").unlink()
+    res = runner.invoke(app, ["evaluate", str(bare), str(ens["csvs"]["dev"]), "--prior", "uniform",
+                              "--prior-fit", "target"])
+    assert res.exit_code != 0 and "no saved target probabilities" in res.output and "target_probs.npz" in res.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lorafit"
 # top to bottom, as in the README
-LAYERS = ["cli", "search", "pipeline", "selftrain", "train", "augment", "predict", "report", "prior", "budget",
+LAYERS = ["cli", "search", "pipeline", "selftrain", "train", "augment", "predict", "report", "proxy", "prior", "budget",
           "model", "precision", "data", "config", "io_utils", "errors"]
 
 

@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 from lorafit.prior import (
     adjust_predictions,
     balance_to_prior,
+    reweight,
     estimate_prior_em,
     parse_prior,
 )
@@ -199,6 +200,7 @@ def test_adjust_none_and_custom_modes():
             "before_distribution": [3, 0],
             "after_distribution": [3, 0],
             "iterations": 0,
+            "class_weights": [0.5, 0.5],
         }
     out, info = adjust_predictions(probs, [2, 1])
     assert info["mode"] == "custom"
@@ -300,3 +302,33 @@ def test_balance_to_prior_property_row_stochastic(data):
     assert np.all(q >= 0)
     np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-9)
     assert 0 <= n_iter <= 200
+
+
+@pytest.mark.parametrize("mode", ["uniform", "em", "0.1,0.2,0.3,0.4"])
+def test_class_weights_reproduce_the_adjustment(mode):
+    """info["class_weights"] is the adjustment as per-class factors: reweight() of the same rows
+    gives the adjusted probabilities (Sinkhorn's columns scalings, EM's prior ratio)."""
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet([0.3] * 4, size=400) * [[3, 1, 1, 1]]  # leans to class 0
+    probs /= probs.sum(1, keepdims=True)
+    adjusted, info = adjust_predictions(probs, mode, train_prior=[0.4, 0.2, 0.2, 0.2] if mode == "em" else None)
+    c = np.asarray(info["class_weights"])
+    assert c.sum() == pytest.approx(1) and c[0] < c[1:].min()  # class 0 is down-weighted
+    np.testing.assert_allclose(reweight(probs, c), adjusted, atol=1e-9)
+
+
+def test_weights_fitted_on_one_set_carry_to_another():
+    """Fitted on a (target) set, the factors re-weight other rows the same way, whatever those
+    rows' own class balance; balancing the other rows themselves would differ."""
+    rng = np.random.default_rng(2)
+    target = rng.dirichlet([0.5] * 3, size=600) * [[4, 1, 1]]
+    target /= target.sum(1, keepdims=True)
+    _, info = adjust_predictions(target, "uniform")
+    proxy = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1]])
+    c = np.asarray(info["class_weights"])
+    expected = proxy * c / (proxy * c).sum(1, keepdims=True)
+    np.testing.assert_allclose(reweight(proxy, info["class_weights"]), expected, atol=1e-12)
+    assert reweight(proxy, c).argmax(1).tolist() == [1, 2, 1]  # class 0 loses its lead on the first two rows
+    assert adjust_predictions(proxy, "uniform")[0].argmax(1).tolist() != [1, 2, 1]
+    with pytest.raises(ValueError, match="class_weights must have exactly 3 entries"):
+        reweight(proxy, [0.5, 0.5])

@@ -235,6 +235,9 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here"),
              text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
              prior: Optional[str] = typer.Option(None, help="apply a prior first: none | uniform | em | proportions"),
+             prior_fit: str = typer.Option("data", "--prior-fit", help="where the prior's adjustment is fitted: data "
+                                           "(this labeled set) | target (the run's saved target probabilities; "
+                                           "its per-class factors then re-weight this set, as at submission)"),
              allow_pickle: bool = typer.Option(False, "--allow-pickle"),
              verbose: bool = typer.Option(False, "-v", "--verbose")):
     """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
@@ -243,22 +246,44 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
     def go():
         from lorafit.data.io import load_labeled
         from lorafit.io_utils import atomic_write_json
-        from lorafit.model import load_trained
+        from lorafit.model import load_trained, require_trained_run
         from lorafit.predict import predict_with_config
         from lorafit.report import classification_metrics
 
+        if prior_fit not in ("data", "target"):
+            _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
+        target_probs = None
+        if prior_fit == "target":  # checked before the model loads: the run must have predicted its target set
+            if prior in (None, "none"):
+                _fail("--prior-fit target needs --prior (uniform | em | proportions)")
+            from lorafit.predict import read_target_probs
+
+            require_trained_run(run_dir)
+            probs_file = Path(run_dir) / "target_probs.npz"
+            if not probs_file.is_file():
+                _fail(f"{probs_file}: no saved target probabilities (the run predicted no target set); "
+                      "run `lorafit predict` on it first")
+            target_probs = read_target_probs(probs_file)[0]
         model, tok, cfg = load_trained(run_dir)
         ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
                           cfg.data.labels, allow_pickle=allow_pickle)
         logits = predict_with_config(model, tok, cfg, ds["text"], progress=True)
         preds = logits.argmax(1)
+        fitted = None
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
             from scipy.special import softmax
 
-            from lorafit.prior import adjust_predictions
+            from lorafit.prior import adjust_predictions, reweight
 
-            preds = adjust_predictions(softmax(logits, axis=-1), prior)[0].argmax(1)
+            probs = softmax(logits, axis=-1)
+            if target_probs is None:
+                preds = adjust_predictions(probs, prior)[0].argmax(1)
+            else:  # the adjustment the submission gets, carried to these rows
+                fitted = adjust_predictions(target_probs, prior)[1]
+                preds = reweight(probs, fitted["class_weights"]).argmax(1)
         m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
+        if fitted is not None:
+            m["prior"] = {"mode": fitted["mode"], "fitted_on": "target", "class_weights": fitted["class_weights"]}
         if output:
             atomic_write_json(output, m)
         typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)")

@@ -32,6 +32,7 @@ __all__ = [
     "balance_to_prior",
     "parse_prior",
     "adjust_predictions",
+    "reweight",
 ]
 
 # Floor applied to probabilities before Sinkhorn scaling so that every class
@@ -221,7 +222,14 @@ def balance_to_prior(
         satisfied the column constraint).  A ``RuntimeWarning`` is issued if
         ``max_iter`` is reached without convergence.
     """
-    p = _as_prob_matrix(probs)
+    q, n_iter, _ = _sinkhorn(_as_prob_matrix(probs), prior, max_iter, tol)
+    return q, n_iter
+
+
+def _sinkhorn(p: np.ndarray, prior: Any, max_iter: int = 1000, tol: float = 1e-9
+              ) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`balance_to_prior` on a validated matrix; also returns the per-class factors ``c``
+    (normalised to sum 1) with ``q_ik ∝ max(p_ik, 1e-12) * c_k``."""
     n, k = p.shape
     target_prior = _as_prior(prior, k, name="prior")
     if int(max_iter) < 1:
@@ -231,12 +239,14 @@ def balance_to_prior(
 
     target = n * target_prior
     q = _normalise_rows(np.maximum(p, _EPS))
+    c = np.ones(k)
     n_iter = 0
     err = float(np.max(np.abs(q.sum(axis=0) / n - target_prior)))
     while err >= tol and n_iter < int(max_iter):
-        col = q.sum(axis=0)
-        q = q * (target / np.maximum(col, _TINY))
-        q = _normalise_rows(q)
+        scale = target / np.maximum(q.sum(axis=0), _TINY)
+        q = _normalise_rows(q * scale)
+        c = c * scale
+        c = c / c.sum()  # the row normalisation does not change the ratios between classes
         n_iter += 1
         err = float(np.max(np.abs(q.sum(axis=0) / n - target_prior)))
     if err >= tol:
@@ -244,9 +254,9 @@ def balance_to_prior(
             f"balance_to_prior did not converge within {max_iter} iterations "
             f"(max column error {err:.3g} >= tol {tol:.3g})",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return q, n_iter
+    return q, n_iter, c
 
 
 _STRING_MODES = ("none", "uniform", "em")
@@ -329,6 +339,16 @@ def parse_prior(spec: Any, num_labels: int) -> np.ndarray | None:
     return arr / total
 
 
+def reweight(probs: Any, class_weights: Any) -> np.ndarray:
+    """Apply per-class factors (``info["class_weights"]`` of :func:`adjust_predictions`) to other
+    rows: ``q_ik ∝ max(p_ik, 1e-12) * c_k``. Fitted on one set (the unlabeled target set), the
+    adjustment then carries to rows it was not fitted on, such as a labeled proxy of that set,
+    instead of being refitted to the proxy's own class balance."""
+    p = _as_prob_matrix(probs)
+    c = _as_prior(class_weights, p.shape[1], name="class_weights")
+    return _normalise_rows(np.maximum(p, _EPS) * c)
+
+
 def _label_counts(mat: np.ndarray) -> list[int]:
     return [int(c) for c in np.bincount(mat.argmax(axis=1), minlength=mat.shape[1])]
 
@@ -366,7 +386,11 @@ def adjust_predictions(
         * ``"before_distribution"`` / ``"after_distribution"``: predicted
           label counts (lists of ints of length ``K``);
         * ``"iterations"``: EM or Sinkhorn iterations performed (0 for
-          ``"none"``).
+          ``"none"``);
+        * ``"class_weights"``: the per-class factors ``c`` (sum 1) of the
+          adjustment, ``adjusted_ik ∝ p_ik * c_k``: :func:`reweight` applies
+          the same adjustment to other rows (e.g. fitted on a target set,
+          applied to a labeled proxy of it).
 
         For ``"em"`` the info also holds ``"train_prior"``.
 
@@ -388,14 +412,16 @@ def adjust_predictions(
         if pi_s is None:
             pi_s = np.full(k, 1.0 / k)
         prior, adjusted, n_iter = estimate_prior_em(p, pi_s)
+        weights = prior / pi_s
         mode_name = "em"
         prior_out: list[float] | None = [float(x) for x in prior]
     else:
         target = parse_prior(mode, k)
         if target is None:
             adjusted, n_iter, mode_name, prior_out = p.copy(), 0, "none", None
+            weights = np.ones(k)
         else:
-            adjusted, n_iter = balance_to_prior(p, target)
+            adjusted, n_iter, weights = _sinkhorn(p, target)
             mode_name = (
                 "uniform" if isinstance(mode, str) and mode.strip().lower() == "uniform" else "custom"
             )
@@ -409,6 +435,7 @@ def adjust_predictions(
         "before_distribution": before,
         "after_distribution": _label_counts(adjusted),
         "iterations": int(n_iter),
+        "class_weights": [float(x) for x in weights / weights.sum()],
     }
     if is_em:
         info["train_prior"] = [float(x) for x in pi_s]
