@@ -3,7 +3,8 @@
 Each group is ``NAME=RUN,RUN,...`` (run folders under ``--runs``, one per seed). A run gives its
 dev accuracy (metrics.json ``val_accuracy``), its proxy accuracy without and with the uniform prior
 (``proxy-none.json`` / ``proxy-uniform.json``, written by ``lorafit evaluate RUN PROXY -o ...``)
-and its wall time. Prints one markdown row per group: mean +- sample standard deviation, and the
+and on the corroborated proxy with the prior fitted on the run's target set (``corr-target.json``:
+``lorafit evaluate RUN CORROBORATED --prior uniform --prior-fit target -o ...``). Prints one markdown row per group: mean +- sample standard deviation, and the
 per-seed values. ``RUN:teacher`` takes the numbers of the run's first teacher instead, and
 ``RUN:student`` those of its last round's model (a teacher/student run logs both in metrics.json
 ``selftrain``); a run whose model is that last round's (not an ensemble) and that has no proxy
@@ -35,7 +36,7 @@ def read_run(spec: str, runs: Path) -> dict:
             raise SystemExit(f"{spec}: only RUN:teacher and RUN:student are known, for a run with self-training rounds")
         r, prefix = (rounds[0], "teacher_") if part == "teacher" else (rounds[-1], "")
         return {"dev": r.get(f"{prefix}val_accuracy"), "proxy": r.get(f"{prefix}proxy_accuracy"),
-                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior")}
+                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior"), "corroborated": None}
     out = {"dev": m["val_accuracy"]}
     ensemble = (m.get("ensemble") or {}).get("adapters", 1) > 1
     last = rounds[-1] if rounds and not ensemble else {}
@@ -43,6 +44,8 @@ def read_run(spec: str, runs: Path) -> dict:
                               ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior")):
         f = runs / name / file
         out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else last.get(logged)
+    f = runs / name / "corr-target.json"
+    out["corroborated"] = json.loads(f.read_text())["accuracy"] if f.is_file() else None
     return out
 
 
@@ -60,15 +63,16 @@ def main(argv=None) -> None:
     ap.add_argument("groups", nargs="+", help="NAME=RUN,RUN,...")
     ap.add_argument("--runs", default="runs", help="the folder holding the run folders")
     a = ap.parse_args(argv)
-    print("| recipe | runs | dev acc % | proxy acc % | proxy + prior % |")
-    print("|---|---|---|---|---|")
+    print("| recipe | runs | dev acc % | proxy acc % | proxy + prior % | corroborated proxy + target prior % |")
+    print("|---|---|---|---|---|---|")
     for group in a.groups:
         name, sep, names = group.partition("=")
         if not sep or not names:
             raise SystemExit(f"{group!r}: expected NAME=RUN,RUN,...")
         rows = [read_run(r, Path(a.runs)) for r in names.split(",")]
         print(f"| {name} | {names.replace(',', ', ')} | {spread([r['dev'] for r in rows])} | "
-              f"{spread([r['proxy'] for r in rows])} | {spread([r['proxy_prior'] for r in rows])} |")
+              f"{spread([r['proxy'] for r in rows])} | {spread([r['proxy_prior'] for r in rows])} | "
+              f"{spread([r['corroborated'] for r in rows])} |")
 
 
 if __name__ == "__main__":
