@@ -167,6 +167,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     from lorafit.data import prepare_data
     from lorafit.model import build_model, load_trained
     from lorafit.predict import predict_with_config
+    from lorafit.prior import adjust_predictions, reweight
 
     extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [
@@ -216,6 +217,13 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     keep, _ = select_pseudo_labels(probs, 0.0, 2)
     assert sorted(zip(r2["pseudo_texts"], r2["pseudo_labels"])) == sorted(
         (target[i], int(probs[i].argmax())) for i in keep)
+    # round 1's proxy accuracy with the prior fitted on its target predictions, carried to the proxy
+    proxy = pipeline.load_proxy(cfg)
+    proxy_probs = softmax(predict_with_config(r1["model"], r1["tokenizer"], cfg, proxy["text"]), -1)
+    _, fitted = adjust_predictions(softmax(logits, -1), "uniform")  # the uniform prior needs no train prior
+    carried = reweight(proxy_probs, fitted["class_weights"]).argmax(1)
+    assert m["selftrain"][0]["proxy_accuracy_target_prior"] == pytest.approx(
+        float((carried == np.asarray(proxy["label"])).mean()))
     # gold = the 96 cleaned source rows only (keep_synthetic=false), not the 104 augmented rows
     assert m["train_rows"] == 104 and m["data"]["train_rows"] == 96
     for rec, info in zip(rounds, (r1, r2)):
@@ -225,6 +233,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
         assert rec["selection_prior"]["mode"] == "uniform"
         assert 0 <= rec["target_changed"] <= 16 and 0.0 <= rec["val_accuracy"] <= 1.0
         assert 0.0 <= rec["proxy_accuracy"] <= 1.0 and "proxy_accuracy_prior" in rec
+        assert 0.0 <= rec["proxy_accuracy_target_prior"] <= 1.0
     assert "teacher_val_accuracy" in rounds[0] and "teacher_val_accuracy" not in rounds[1]
     assert rounds[1]["target_distribution_before"] == rounds[0]["target_distribution_after"]
     # labels changed: round 2's model against its teacher (round 1's); dev accuracy of round 2's model

@@ -519,7 +519,8 @@ class SelfTrainConfig(Section):
         probabilities instead of its argmax.
     epochs: training epochs per round (> 0; fractions allowed).
     proxy: optional labeled file (e.g. held-out synthetic samples) whose accuracy is recorded per
-        round next to the validation accuracy; null = none.
+        round next to the validation accuracy (with ``predict.prior`` set, also with the prior
+        fitted on the file and with it fitted on the round's target predictions); null = none.
     synthetic: with keep_synthetic, what each round does with the synthetic gold rows (those of
         augment.generate and augment.extra) that the round's teacher assigns to another class with
         probability >= ``synthetic_confidence``: ``keep`` (default), ``drop``, ``relabel`` (to the

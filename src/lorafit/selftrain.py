@@ -44,7 +44,7 @@ from lorafit.augment.select import apply_disagreement, teacher_disagreement
 from lorafit.config import Config, SelfTrainConfig
 from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
 from lorafit.predict import ensemble_logits, label_prior, predict_with_config
-from lorafit.prior import adjust_predictions
+from lorafit.prior import adjust_predictions, reweight
 from lorafit.report import distribution
 from lorafit.train import train_adapters, train_model, with_teacher_logits
 
@@ -76,7 +76,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
     result, teacher = SelfTrainResult(), model
     logits = predict_with_config(teacher, tokenizer, cfg, target_texts, progress=True)
     first_logits, first_adapters = logits, len(adapter_names(model))  # the first teacher's, for ensemble_teacher
-    teacher_scores = round_scores(cfg, teacher, tokenizer, val, proxy, gold_prior)
+    teacher_scores = round_scores(cfg, teacher, tokenizer, val, proxy, gold_prior, target_logits=logits)
     judges, last_logits = teacher, logits  # judges: the model(s) that judge a round's synthetic gold rows
     for r in range(1, st.rounds + 1):
         probs = softmax(logits, axis=-1)
@@ -104,7 +104,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         result.history += [{**h, "selftrain_round": r} for h in trained.history]
         logits = last_logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
         after = logits.argmax(1)
-        scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior,
+        scores = round_scores(cfg, student, tokenizer, val, proxy, gold_prior, target_logits=logits,
                               per="student" if st.mode == "student" else "adapter")
         if len(trained.adapters) > 1 or cfg.train.average_checkpoints > 1:  # seeds (and the steps averaged)
             info["students" if st.mode == "student" else "adapters"] = trained.adapters
@@ -171,10 +171,14 @@ def selection_probs(cfg: Config, probs: np.ndarray, train_prior: Optional[np.nda
 
 
 def round_scores(cfg: Config, model, tokenizer, val: Optional[datasets.Dataset], proxy: Optional[datasets.Dataset],
-                 train_prior: np.ndarray, per: str = "adapter") -> dict:
-    """Validation accuracy of ``model`` and, with a proxy set, its accuracy there (plain argmax,
-    and with ``predict.prior`` applied when one is set). An ensemble also gets each adapter's
-    validation accuracy (``val_accuracy_per_<per>``)."""
+                 train_prior: np.ndarray, per: str = "adapter", target_logits: Optional[np.ndarray] = None) -> dict:
+    """Validation accuracy of ``model`` and, with a proxy set, its accuracy there: plain argmax
+    (``proxy_accuracy``) and, when ``predict.prior`` is set, with the prior fitted on the proxy
+    itself (``proxy_accuracy_prior``) and with the prior's per-class factors fitted on
+    ``target_logits``, the model's predictions on the target texts, then carried to the proxy
+    (``proxy_accuracy_target_prior``: the adjustment its submission gets; ``lorafit evaluate
+    --prior-fit target``). An ensemble also gets each adapter's validation accuracy
+    (``val_accuracy_per_<per>``)."""
     out = {}
     if val is not None and len(val):
         each: dict = {}
@@ -189,6 +193,11 @@ def round_scores(cfg: Config, model, tokenizer, val: Optional[datasets.Dataset],
         if cfg.predict.prior != "none":
             adjusted, _ = adjust_predictions(softmax(logits, axis=-1), cfg.predict.prior, train_prior=train_prior)
             out["proxy_accuracy_prior"] = float((adjusted.argmax(1) == labels).mean())
+            if target_logits is not None and len(target_logits):
+                _, fitted = adjust_predictions(softmax(target_logits, axis=-1), cfg.predict.prior,
+                                               train_prior=train_prior)
+                carried = reweight(softmax(logits, axis=-1), fitted["class_weights"])
+                out["proxy_accuracy_target_prior"] = float((carried.argmax(1) == labels).mean())
     return out
 
 
