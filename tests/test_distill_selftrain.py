@@ -224,6 +224,8 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     carried = reweight(proxy_probs, fitted["class_weights"]).argmax(1)
     assert m["selftrain"][0]["proxy_accuracy_target_prior"] == pytest.approx(
         float((carried == np.asarray(proxy["label"])).mean()))
+    summary = (cfg.run_dir / "summary.md").read_text()
+    assert f"with the target prior {100 * m['selftrain'][0]['proxy_accuracy_target_prior']:.2f}%" in summary
     # gold = the 96 cleaned source rows only (keep_synthetic=false), not the 104 augmented rows
     assert m["train_rows"] == 104 and m["data"]["train_rows"] == 96
     for rec, info in zip(rounds, (r1, r2)):

@@ -274,3 +274,14 @@ def test_model_card_names_the_hub_id_of_the_shipped_minilm():
 
     assert hub_model_id("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_model_id("roberta-base") == "roberta-base" and hub_model_id("/models/x") == "/models/x"
+
+
+def test_self_training_rows_show_the_proxy_with_the_target_prior():
+    from lorafit.report_page import _data
+
+    rnd = {"round": 1, "mode": "student", "kept_per_class": [2, 2], "kept": 4, "val_accuracy": 0.9,
+           "proxy_accuracy": 0.7525, "proxy_accuracy_prior": 0.7650, "proxy_accuracy_target_prior": 0.7775}
+    body = _data({"metrics": {"data": {"source_rows": 10}, "selftrain": [rnd]}, "labels": ["a", "b"]})
+    assert "<th class=\"n\">proxy acc, target prior</th>" in body
+    row = re.search(r"<tr><td class=\"n\">1</td>.*?</tr>", body, re.S).group(0)
+    assert row.endswith('<td class="n">75.25%</td><td class="n">77.75%</td></tr>'), row

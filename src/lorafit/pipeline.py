@@ -201,7 +201,8 @@ def summary(cfg: Config, m: dict) -> str:
         lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")
     for r in m.get("selftrain", []):
         scores = "".join(f"; {name} {100 * r[key]:.2f}%" for key, name in
-                         (("val_accuracy", "validation accuracy"), ("proxy_accuracy", "proxy accuracy")) if key in r)
+                         (("val_accuracy", "validation accuracy"), ("proxy_accuracy", "proxy accuracy"),
+                          ("proxy_accuracy_target_prior", "with the target prior")) if key in r)
         changed = f"; {r['target_changed']:,} target labels changed" if "target_changed" in r else ""
         by = f", labeled by the {r['teacher']}" if r.get("teacher") not in (None, "first teacher", "previous round") else ""
         lines.append(f"- self-training round {r['round']} ({r.get('mode', 'continue')}{by}): kept "

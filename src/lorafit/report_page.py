@@ -229,13 +229,14 @@ def _data(f: dict) -> str:
         score = lambda x: pct(x) if isinstance(x, float) else ""  # noqa: E731 (absent in older runs)
         out += table(["round", "mode", "confident per class", "cap", "pseudo-labels kept per class", "kept",
                       "trained on", "target predicted before", "after", "labels changed", "validation acc",
-                      "proxy acc"],
+                      "proxy acc", "proxy acc, target prior"],
                      [[num(r.get("round")), esc(r.get("mode", "continue")), per_class(r.get("confident_per_class")),
                        num(r.get("cap")), per_class(r.get("kept_per_class")), num(r.get("kept")),
                        num(r.get("train_rows", "")), per_class(r.get("target_distribution_before")),
                        per_class(r.get("target_distribution_after")), num(r.get("target_changed", "")),
-                       score(r.get("val_accuracy")), score(r.get("proxy_accuracy"))]
-                      for r in st], numeric={0, 3, 5, 6, 9, 10, 11})
+                       score(r.get("val_accuracy")), score(r.get("proxy_accuracy")),
+                       score(r.get("proxy_accuracy_target_prior"))]
+                      for r in st], numeric={0, 3, 5, 6, 9, 10, 11, 12})
         for r in st:  # an ensemble per round (selftrain.students, train.adapters): each member's accuracy
             each = r.get("val_accuracy_per_student") or r.get("val_accuracy_per_adapter")
             if isinstance(each, list) and each:
