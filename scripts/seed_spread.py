@@ -3,9 +3,11 @@
 Each group is ``NAME=RUN,RUN,...`` (run folders under ``--runs``, one per seed). A run gives its
 dev accuracy (metrics.json ``val_accuracy``), its proxy accuracy without and with the uniform prior
 (``proxy-none.json`` / ``proxy-uniform.json``, written by ``lorafit evaluate RUN PROXY -o ...``)
-and on the corroborated proxy with the prior fitted on the run's target set (``corr-target.json``:
-``lorafit evaluate RUN CORROBORATED --prior uniform --prior-fit target -o ...``). Prints one markdown row per group: mean +- sample standard deviation, and the
-per-seed values. ``RUN:teacher`` takes the numbers of the run's first teacher instead, and
+and on the corroborated proxy of ``scripts/proxy_split.py``, plain (``corr-none.json``: ``lorafit
+evaluate RUN CORROBORATED -o ...``) and with the prior fitted on the run's target set
+(``corr-target.json``: ``lorafit evaluate RUN CORROBORATED --prior uniform --prior-fit target -o
+...``). Prints one markdown row per group: mean +- sample standard deviation, and the per-seed
+values. ``RUN:teacher`` takes the numbers of the run's first teacher instead, and
 ``RUN:student`` those of its last round's model (a teacher/student run logs both in metrics.json
 ``selftrain``); a run whose model is that last round's (not an ensemble) and that has no proxy
 files also takes its proxy accuracy from there. Run from the repo root:
@@ -36,7 +38,8 @@ def read_run(spec: str, runs: Path) -> dict:
             raise SystemExit(f"{spec}: only RUN:teacher and RUN:student are known, for a run with self-training rounds")
         r, prefix = (rounds[0], "teacher_") if part == "teacher" else (rounds[-1], "")
         return {"dev": r.get(f"{prefix}val_accuracy"), "proxy": r.get(f"{prefix}proxy_accuracy"),
-                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior"), "corroborated": None}
+                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior"), "corroborated": None,
+                "corroborated_prior": None}
     out = {"dev": m["val_accuracy"]}
     ensemble = (m.get("ensemble") or {}).get("adapters", 1) > 1
     last = rounds[-1] if rounds and not ensemble else {}
@@ -44,8 +47,9 @@ def read_run(spec: str, runs: Path) -> dict:
                               ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior")):
         f = runs / name / file
         out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else last.get(logged)
-    f = runs / name / "corr-target.json"
-    out["corroborated"] = json.loads(f.read_text())["accuracy"] if f.is_file() else None
+    for key, file in (("corroborated", "corr-none.json"), ("corroborated_prior", "corr-target.json")):
+        f = runs / name / file
+        out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else None
     return out
 
 
@@ -63,8 +67,9 @@ def main(argv=None) -> None:
     ap.add_argument("groups", nargs="+", help="NAME=RUN,RUN,...")
     ap.add_argument("--runs", default="runs", help="the folder holding the run folders")
     a = ap.parse_args(argv)
-    print("| recipe | runs | dev acc % | proxy acc % | proxy + prior % | corroborated proxy + target prior % |")
-    print("|---|---|---|---|---|---|")
+    print("| recipe | runs | dev acc % | proxy acc % | proxy + prior % | corroborated proxy % "
+          "| corroborated proxy + target prior % |")
+    print("|---|---|---|---|---|---|---|")
     for group in a.groups:
         name, sep, names = group.partition("=")
         if not sep or not names:
@@ -72,7 +77,7 @@ def main(argv=None) -> None:
         rows = [read_run(r, Path(a.runs)) for r in names.split(",")]
         print(f"| {name} | {names.replace(',', ', ')} | {spread([r['dev'] for r in rows])} | "
               f"{spread([r['proxy'] for r in rows])} | {spread([r['proxy_prior'] for r in rows])} | "
-              f"{spread([r['corroborated'] for r in rows])} |")
+              f"{spread([r['corroborated'] for r in rows])} | {spread([r['corroborated_prior'] for r in rows])} |")
 
 
 if __name__ == "__main__":
