@@ -12,6 +12,7 @@ from lorafit.prior import (
     adjust_predictions,
     balance_to_prior,
     reweight,
+    carry_adjustment,
     estimate_prior_em,
     parse_prior,
 )
@@ -330,5 +331,8 @@ def test_weights_fitted_on_one_set_carry_to_another():
     np.testing.assert_allclose(reweight(proxy, info["class_weights"]), expected, atol=1e-12)
     assert reweight(proxy, c).argmax(1).tolist() == [1, 2, 1]  # class 0 loses its lead on the first two rows
     assert adjust_predictions(proxy, "uniform")[0].argmax(1).tolist() != [1, 2, 1]
+    carried, fitted = carry_adjustment(proxy, target, "uniform")  # the two steps in one call
+    np.testing.assert_allclose(carried, expected, atol=1e-12)
+    assert fitted["class_weights"] == info["class_weights"]
     with pytest.raises(ValueError, match="class_weights must have exactly 3 entries"):
         reweight(proxy, [0.5, 0.5])

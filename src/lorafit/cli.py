@@ -273,14 +273,14 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
             from scipy.special import softmax
 
-            from lorafit.prior import adjust_predictions, reweight
+            from lorafit.prior import adjust_predictions, carry_adjustment
 
             probs = softmax(logits, axis=-1)
             if target_probs is None:
                 preds = adjust_predictions(probs, prior)[0].argmax(1)
             else:  # the adjustment the submission gets, carried to these rows
-                fitted = adjust_predictions(target_probs, prior)[1]
-                preds = reweight(probs, fitted["class_weights"]).argmax(1)
+                adjusted, fitted = carry_adjustment(probs, target_probs, prior)
+                preds = adjusted.argmax(1)
         m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
         if fitted is not None:
             m["prior"] = {"mode": fitted["mode"], "fitted_on": "target", "class_weights": fitted["class_weights"]}

@@ -33,6 +33,7 @@ __all__ = [
     "parse_prior",
     "adjust_predictions",
     "reweight",
+    "carry_adjustment",
 ]
 
 # Floor applied to probabilities before Sinkhorn scaling so that every class
@@ -347,6 +348,15 @@ def reweight(probs: Any, class_weights: Any) -> np.ndarray:
     p = _as_prob_matrix(probs)
     c = _as_prior(class_weights, p.shape[1], name="class_weights")
     return _normalise_rows(np.maximum(p, _EPS) * c)
+
+
+def carry_adjustment(probs: Any, fit_probs: Any, mode: Any, train_prior: Any = None) -> tuple[np.ndarray, dict]:
+    """Adjust ``probs`` with the prior adjustment fitted on other rows, ``fit_probs`` (typically the
+    unlabeled target set's predictions, as its submission gets them): :func:`adjust_predictions`
+    on ``fit_probs``, its ``class_weights`` then applied to ``probs`` by :func:`reweight`. Returns
+    the adjusted ``probs`` and the fitted info."""
+    _, info = adjust_predictions(fit_probs, mode, train_prior=train_prior)
+    return reweight(probs, info["class_weights"]), info
 
 
 def _label_counts(mat: np.ndarray) -> list[int]:

@@ -44,7 +44,7 @@ from lorafit.augment.select import apply_disagreement, teacher_disagreement
 from lorafit.config import Config, SelfTrainConfig
 from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
 from lorafit.predict import ensemble_logits, label_prior, predict_with_config
-from lorafit.prior import adjust_predictions, reweight
+from lorafit.prior import adjust_predictions, carry_adjustment
 from lorafit.report import distribution
 from lorafit.train import train_adapters, train_model, with_teacher_logits
 
@@ -194,9 +194,8 @@ def round_scores(cfg: Config, model, tokenizer, val: Optional[datasets.Dataset],
             adjusted, _ = adjust_predictions(softmax(logits, axis=-1), cfg.predict.prior, train_prior=train_prior)
             out["proxy_accuracy_prior"] = float((adjusted.argmax(1) == labels).mean())
             if target_logits is not None and len(target_logits):
-                _, fitted = adjust_predictions(softmax(target_logits, axis=-1), cfg.predict.prior,
-                                               train_prior=train_prior)
-                carried = reweight(softmax(logits, axis=-1), fitted["class_weights"])
+                carried, _ = carry_adjustment(softmax(logits, axis=-1), softmax(target_logits, axis=-1),
+                                              cfg.predict.prior, train_prior=train_prior)
                 out["proxy_accuracy_target_prior"] = float((carried.argmax(1) == labels).mean())
     return out
 
