@@ -41,7 +41,8 @@ def main() -> None:
     source = pd.read_csv(data / "agnews" / "train.csv")
     mask = split_generated(df.label.values, a.per_class, a.seed)
     proxy = df[mask]
-    judge = fit_judge(source.text.astype(str), source.label.values, num_labels=int(source.label.max()) + 1)
+    k = int(source.label.max()) + 1
+    judge = fit_judge(source.text.astype(str), source.label.values, num_labels=k)
     agree = corroborated(judge, proxy.text.astype(str), proxy.label.values)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,7 @@ def main() -> None:
                        ("synthetic_proxy_corroborated.csv", proxy[agree])):
         with atomic_path(out / name) as tmp:
             part.to_csv(tmp, index=False)
-    per_class = np.bincount(proxy.label.values[agree], minlength=4).tolist()
+    per_class = np.bincount(proxy.label.values[agree], minlength=k).tolist()
     print(f"{out}/synthetic_train.csv: {(~mask).sum()} rows; {out}/synthetic_proxy.csv: {mask.sum()} rows; "
           f"{out}/synthetic_proxy_corroborated.csv: {agree.sum()} rows (per class {per_class}: the judge, "
           f"naive Bayes on {len(source):,} source rows, agrees with their prompt label)")

@@ -44,12 +44,10 @@ def read_run(spec: str, runs: Path) -> dict:
     ensemble = (m.get("ensemble") or {}).get("adapters", 1) > 1
     last = rounds[-1] if rounds and not ensemble else {}
     for key, file, logged in (("proxy", "proxy-none.json", "proxy_accuracy"),
-                              ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior")):
+                              ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior"),
+                              ("corroborated", "corr-none.json", None), ("corroborated_prior", "corr-target.json", None)):
         f = runs / name / file
         out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else last.get(logged)
-    for key, file in (("corroborated", "corr-none.json"), ("corroborated_prior", "corr-target.json")):
-        f = runs / name / file
-        out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else None
     return out
 
 
