@@ -54,20 +54,26 @@ EXTRA_COLUMNS = ("weight", "soft_labels", "teacher_logits", "synthetic")  # per-
 # ------------------------------------------------------------------ data
 
 
+def _encode(batch, tokenizer, max_length: int) -> dict:
+    out = tokenizer([clip_text(t, max_length) for t in batch["text"]], truncation=True, max_length=max_length)
+    out["length"] = [len(x) for x in out["input_ids"]]
+    return out
+
+
 def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     """Tokenize once without padding (padding happens per batch); keep label/extra columns and a
-    ``length`` column used for length-grouped batching."""
+    ``length`` column used for length-grouped batching.
 
-    def enc(batch):
-        out = tokenizer([clip_text(t, max_length) for t in batch["text"]], truncation=True, max_length=max_length)
-        out["length"] = [len(x) for x in out["input_ids"]]
-        return out
-
+    The new dataset's fingerprint is given, so ``datasets`` does not hash the map function and its
+    tokenizer: it does that inside a bare ``except:``, which swallowed a Ctrl-C or SIGTERM arriving
+    meanwhile (the run then went on and finished with exit 0)."""
     keep = [c for c in ds.column_names if c in ("label", *EXTRA_COLUMNS)]
-    tok = ds.map(enc, batched=True, batch_size=1000, remove_columns=[c for c in ds.column_names if c not in keep],
-                 desc="tokenize", load_from_cache_file=False)
+    key = f"lorafit-tokenize|{ds._fingerprint}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}|{max_length}"
+    tok = ds.map(_encode, batched=True, batch_size=1000, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                 remove_columns=[c for c in ds.column_names if c not in keep], desc="tokenize",
+                 load_from_cache_file=False, new_fingerprint=hashlib.sha1(key.encode()).hexdigest())
     if "label" in tok.column_names:
-        tok = tok.rename_column("label", "labels")
+        tok = tok.rename_column("label", "labels", new_fingerprint=hashlib.sha1(f"{key}|labels".encode()).hexdigest())
     return tok
 
 
