@@ -151,7 +151,7 @@ def _val_accuracy(s: dict, model, tokenizer) -> float:
     """The same evaluation for both sides (fp32, dynamic padding), so accuracy reflects training."""
     import numpy as np
 
-    from lorafit.predict import predict_logits
+    from lorafit.inference import predict_logits
 
     texts, labels = _read_texts(Path(s["data_dir"]) / "agnews" / "dev.csv", s["n_val"], s["seed"], True)
     logits = predict_logits(model, tokenizer, texts, batch_size=64, max_length=s["max_length"], precision="fp32")
@@ -273,7 +273,7 @@ def predict(s: dict, style: str) -> dict:
         precision, batch_size, merged, workers = "fp32", 8, False, 1
     else:
         from lorafit.precision import for_inference
-        from lorafit.predict import padded_tokens, plan_prediction, predict_logits
+        from lorafit.inference import padded_tokens, plan_prediction, predict_logits
 
         t_m = time.perf_counter()
         model = for_inference(model.to(device), inference_precision(cfg), merge=cfg.predict.merge_lora)
@@ -474,7 +474,7 @@ def token_budget(s: dict, _style: str = "") -> dict:
                     "lorafit_tokens_per_sample": lf / n, "reference_over_lorafit": ref / lf}
     target = _read_texts(Path(s["data_dir"]) / "target" / "test_unlabelled.csv", None, s["seed"], False)
     tl = [len(x) for x in tok(target, truncation=True, max_length=ml)["input_ids"]]
-    from lorafit.predict import padded_tokens, plan_prediction
+    from lorafit.inference import padded_tokens, plan_prediction
 
     torch.set_num_threads(s["threads"])
     batches, mult, _ = plan_prediction(tl, torch.device(s["device"]), cfg.predict.batch_size,

@@ -12,13 +12,41 @@ change the shipped data: lorafit itself never reads WordNet unless augment.synon
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
-from lorafit.augment.synonyms import LEXICON, WordNetError, lexicon_bytes, lexicon_entries, load_wordnet
 from lorafit.io_utils import atomic_write_bytes
+from lorafit.text import _LEXICON_HEADER, _WORD, LEXICON, SynonymFinder, WordNetError, _read_error, load_wordnet
+
+
+def lexicon_entries(wordnet) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``(word, synonyms)`` for every lowercase word form of ``wordnet`` (an NLTK reader) that a
+    text word can be (matches ``_WORD`` in full) and that has a synonym, sorted by word: exactly
+    what :class:`SynonymFinder` returns for it. Only a lemma name of some synset can have one
+    (a synonym needs a synset listing the word's exact form), so those are the only candidates."""
+    finder = SynonymFinder(wordnet)
+    try:
+        forms = {lemma.name().lower() for synset in wordnet.all_synsets() for lemma in synset.lemmas()}
+    except Exception as e:
+        raise _read_error(getattr(wordnet, "root", "?"), e) from None
+    for word in sorted(f for f in forms if _WORD.fullmatch(f)):
+        found = finder(word)
+        if found:
+            yield word, found
+
+
+def lexicon_bytes(entries: Iterable[tuple[str, tuple[str, ...]]], source: str = "WordNet 3.0") -> bytes:
+    """The lexicon file's content: gzip (mtime 0, so the same entries give the same bytes) of a
+    header line and one ``word<TAB>synonym<TAB>...`` line per entry."""
+    lines = [f"{_LEXICON_HEADER} from {source}: word<TAB>synonyms (scripts/build_wordnet_lexicon.py)"]
+    for word, found in entries:
+        if not found or any("\t" in x or "\n" in x for x in (word, *found)):
+            raise ValueError(f"cannot store lexicon entry {word!r}: {found!r}")
+        lines.append("\t".join((word, *found)))
+    return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
 
 
 def build(wordnet_dir: Optional[str], output: Path) -> int:

@@ -7,7 +7,7 @@ target texts and carry the label of their prompt's class, so accuracy on held-ou
 (noisy) proxy for accuracy on target-style text. Many samples do not match their prompt; a model
 trained on the other samples learns the generator's habits and scores high on those. The
 corroborated proxy keeps the held-out samples whose prompt label an independent judge (bag of
-words + naive Bayes trained on the source set, ``lorafit.proxy``) agrees with. Score a run on it
+words + naive Bayes trained on the source set, ``scripts/proxy_judge.py``) agrees with. Score a run on it
 with the prior its submission gets:
 
     lorafit evaluate runs/X runs/_data/synthetic_proxy_corroborated.csv --prior uniform --prior-fit target
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lorafit.io_utils import atomic_path
-from lorafit.proxy import corroborated, fit_judge, split_generated
+from proxy_judge import corroborated, fit_judge, split_generated  # scripts/proxy_judge.py, beside this script
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from lorafit.config import load_config
 from lorafit.pipeline import run
 from lorafit.predict import save_target_probs
 from lorafit.prior import adjust_predictions
-from lorafit.report import agreement_estimate, disagreement_matrix
+from lorafit.metrics import agreement_estimate, disagreement_matrix
 from test_pipeline import NO_AUGMENT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread per test module

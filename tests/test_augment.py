@@ -32,8 +32,9 @@ from lorafit.augment.generate import (
 )
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.select import jaccard, near_duplicates, select_samples, shingle_hashes
-from lorafit.augment import synonyms as synonyms_module
-from lorafit.augment.synonyms import (
+from lorafit import text as synonyms_module
+from lorafit.augment.synonyms import synonym_augment
+from lorafit.text import (
     LEXICON,
     LEXNAMES,
     STOPWORDS,
@@ -44,7 +45,6 @@ from lorafit.augment.synonyms import (
     load_lexicon,
     load_wordnet,
     replace_synonyms,
-    synonym_augment,
     synonym_finder,
 )
 from lorafit.config import (
@@ -295,6 +295,7 @@ def test_wordnet_dir_reads_a_full_wordnet_with_nltk(tiny_wordnet, tmp_path):
     assert (tmp_path / "cache" / "lorafit" / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
 
 
+@pytest.mark.research
 def test_build_script_writes_the_lexicon_deterministically(tiny_wordnet, tmp_path, capsys):
     script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "build_wordnet_lexicon.py"))
     out = tmp_path / "lexicon" / "synonyms.tsv.gz"

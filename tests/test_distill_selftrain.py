@@ -166,7 +166,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     from lorafit.cli import app
     from lorafit.data import prepare_data
     from lorafit.model import build_model, load_trained
-    from lorafit.predict import predict_with_config
+    from lorafit.inference import predict_with_config
     from lorafit.prior import adjust_predictions, reweight
 
     extra = write_extra_csv(tmp_path)
@@ -268,7 +268,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
     import lorafit.selftrain as selftrain
     from conftest import write_extra_csv
     from lorafit.data import prepare_data
-    from lorafit.predict import ensemble_logits, predict_with_config
+    from lorafit.inference import ensemble_logits, predict_with_config
 
     extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [

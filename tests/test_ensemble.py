@@ -24,7 +24,7 @@ from lorafit.cli import app
 from lorafit.config import ConfigError, load_config
 from lorafit.model import adapter_names, add_adapter, build_model, load_base_model, load_trained
 from lorafit.pipeline import run
-from lorafit.predict import ensemble_logits, predict_with_config
+from lorafit.inference import ensemble_logits, predict_with_config
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUGMENT = ["augment.synonyms.enabled=false", "augment.lm.enabled=false", "augment.generate.enabled=false",

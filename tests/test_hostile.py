@@ -157,7 +157,7 @@ def test_one_megabyte_text_loads_cleans_tokenizes_and_predicts(tmp_path, tiny_ro
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from lorafit.config import CleanConfig
-    from lorafit.predict import predict_logits
+    from lorafit.inference import predict_logits
 
     rng = np.random.default_rng(0)
     words = np.array(["market", "shares", "<b>bold</b>", "&amp;", "Iran #39;s", "caf\u00e9", "\u5317\u4eac",

@@ -16,7 +16,8 @@ from conftest import tiny_labeled_rows, tiny_overrides, write_csv
 from lorafit.budget import count_budget
 from lorafit.config import load_config
 from lorafit.pipeline import evaluate, run
-from lorafit.predict import predict_logits, predict_target
+from lorafit.inference import predict_logits
+from lorafit.predict import predict_target
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import torch
 from lorafit.config import ConfigError, load_config
 from lorafit.model import build_model, load_tokenizer
 from lorafit.precision import for_inference
-from lorafit.predict import cpu_workers, default_max_tokens, padded_tokens, plan_batches, plan_prediction, predict_logits
+from lorafit.inference import cpu_workers, default_max_tokens, padded_tokens, plan_batches, plan_prediction, predict_logits
 
 from conftest import tiny_labeled_rows
 

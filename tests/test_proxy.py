@@ -1,14 +1,18 @@
-"""The target proxy built from generated samples (lorafit.proxy, scripts/proxy_split.py) and
-``lorafit evaluate --prior-fit target``."""
+"""Research script: the target proxy built from generated samples (scripts/proxy_judge.py,
+scripts/proxy_split.py). Not part of the product."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lorafit.proxy import corroborated, fit_judge, split_generated
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from proxy_judge import corroborated, fit_judge, split_generated  # noqa: E402
+
+pytestmark = pytest.mark.research
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repo
 SOURCE = [

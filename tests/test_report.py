@@ -252,7 +252,7 @@ def test_peft_loads_the_adapter_like_lorafit(full_run):
     from transformers import AutoTokenizer
 
     from lorafit.model import load_trained
-    from lorafit.predict import predict_logits
+    from lorafit.inference import predict_logits
 
     adapter = full_run["run_dir"] / "model"
     texts = [r["text"] for r in tiny_labeled_rows(1)]

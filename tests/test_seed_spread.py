@@ -1,4 +1,4 @@
-"""scripts/seed_spread.py: mean and spread over seeds of run folders (the README's recipe table)."""
+"""Research script scripts/seed_spread.py: mean and spread over seeds of run folders (the README's recipe table)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import runpy
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.research
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "seed_spread.py"
 

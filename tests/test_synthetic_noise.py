@@ -180,7 +180,7 @@ def test_selftrain_rounds_judge_the_synthetic_rows(tiny_roberta_dir, tiny_csvs, 
     are not synthetic."""
     import lorafit.pipeline as pipeline
     import lorafit.selftrain as selftrain
-    from lorafit.predict import predict_with_config
+    from lorafit.inference import predict_with_config
 
     extra = write_extra_csv(tmp_path)
     cfg = load_config(None, merge_overrides(tiny_overrides(tiny_roberta_dir, tiny_csvs, tmp_path / "runs"), [

@@ -1,3 +1,5 @@
 """lorafit: text classifiers under a trainable-parameter budget, adapted to an unlabeled target domain."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("lorafit")  # one place: pyproject.toml

@@ -247,8 +247,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         from lorafit.data.io import load_labeled
         from lorafit.io_utils import atomic_write_json
         from lorafit.model import load_trained, require_trained_run
-        from lorafit.predict import predict_with_config
-        from lorafit.report import classification_metrics
+        from lorafit.inference import predict_with_config
+        from lorafit.metrics import classification_metrics
 
         if prior_fit not in ("data", "target"):
             _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
@@ -310,7 +310,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
         from lorafit.io_utils import atomic_write_json, check_writable
         from lorafit.predict import read_target_probs
         from lorafit.prior import adjust_predictions, parse_prior
-        from lorafit.report import agreement_estimate
+        from lorafit.metrics import agreement_estimate
 
         if len(run_dirs) < 2:
             _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
@@ -338,7 +338,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
         if data is not None:
             from lorafit.data.io import load_labeled
             from lorafit.model import load_trained
-            from lorafit.predict import predict_with_config
+            from lorafit.inference import predict_with_config
 
             preds, ds = [], None
             for run in run_dirs:
@@ -370,9 +370,11 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
     def go():
         from lorafit.augment import adapt_lm_stage
+        from lorafit.config import claim_run_dir
         from lorafit.data import prepare_data
 
         cfg = _load(config, overrides or [])
+        claim_run_dir(cfg)
         data = prepare_data(cfg)
         if data.target is None:
             _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
@@ -390,9 +392,11 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
     def go():
         from lorafit.augment import generate_stage
+        from lorafit.config import claim_run_dir
         from lorafit.data import prepare_data
 
         cfg = _load(config, overrides or [])
+        claim_run_dir(cfg)
         data = prepare_data(cfg)
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world)

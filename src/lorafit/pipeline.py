@@ -31,8 +31,10 @@ from lorafit.data import PreparedData, load_labeled, prepare_data
 from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
 from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
-from lorafit.predict import label_prior, predict_and_submit, predict_with_config
-from lorafit.report import (StageTimer, classification_metrics, environment, plot_confusion, plot_curves,
+from lorafit.inference import predict_with_config
+from lorafit.predict import label_prior, predict_and_submit
+from lorafit.metrics import classification_metrics
+from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves,
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
 from lorafit.train import TrainedAdapters, save_trained, train_adapters, train_model, with_teacher_logits
@@ -139,7 +141,7 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
 
 def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional[dict] = None) -> dict:
     """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set.
-    ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.predict.predict_logits`)."""
+    ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.inference.predict_logits`)."""
     logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False, each=each)  # prepared sets are clean
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 

@@ -1,4 +1,4 @@
-"""Metrics, plots, the run report (``report.html``), run comparison and the model card.
+"""Plots, the run report (``report.html``), run comparison and the model card.
 
 A run folder holds everything the report needs (metrics.json, config.yaml, train_log.json, data/,
 synthetic/, target_probs.npz, submission.csv); every section that lacks its file or field says so
@@ -22,62 +22,10 @@ import numpy as np
 
 from lorafit.config import flatten
 from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
+from lorafit.metrics import distribution
 from lorafit.report_page import esc, page, pct, render_model_card, render_report, table
 
 log = logging.getLogger(__name__)
-
-
-def classification_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix
-    (rows = true class, columns = predicted)."""
-    y, p = np.asarray(labels, int), np.asarray(preds, int)
-    k = len(names)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (y, p), 1)
-    per_class = {}
-    f1s = []
-    for c, name in enumerate(names):
-        tp = cm[c, c]
-        prec = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
-        rec = tp / cm[c, :].sum() if cm[c, :].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        f1s.append(f1)
-        per_class[str(name)] = {"precision": float(prec), "recall": float(rec), "f1": float(f1),
-                                "support": int(cm[c, :].sum())}
-    return {"accuracy": float((y == p).mean()) if len(y) else 0.0, "macro_f1": float(np.mean(f1s)),
-            "per_class": per_class, "confusion_matrix": cm.tolist()}
-
-
-def disagreement_matrix(preds: Sequence[Sequence[int]]) -> np.ndarray:
-    """The share of rows on which each pair of prediction vectors differs (k x k, zero diagonal)."""
-    p = np.asarray(preds, int)
-    if p.ndim != 2 or len(p) < 2 or p.shape[1] == 0:
-        raise ValueError(f"need predictions of at least 2 runs on the same rows; got shape {p.shape}")
-    return (p[:, None, :] != p[None, :, :]).mean(-1)
-
-
-def agreement_estimate(preds: Sequence[Sequence[int]], labels: Optional[Sequence[int]] = None) -> dict:
-    """A label-free accuracy estimate from runs trained independently (other seeds) with the same
-    recipe: the expected disagreement of two such runs on unlabeled rows approaches their expected
-    error when the runs are calibrated as an ensemble (Jiang et al. 2022, "Assessing generalization
-    of SGD via disagreement"), so ``1 - mean pairwise disagreement`` estimates their accuracy.
-
-    Returns the pairwise ``disagreement`` matrix, ``mean_disagreement`` and
-    ``estimated_accuracy``; with ``labels`` also each run's ``accuracy``, their ``mean_accuracy``
-    and ``gap`` = estimate - mean accuracy (how far the estimate is off where it can be checked).
-    """
-    d = disagreement_matrix(preds)
-    k = len(d)
-    mean = float(d[np.triu_indices(k, 1)].mean())
-    out = {"runs": k, "rows": int(np.asarray(preds).shape[1]), "disagreement": d.round(6).tolist(),
-           "mean_disagreement": mean, "estimated_accuracy": 1.0 - mean}
-    if labels is not None:
-        y = np.asarray(labels, int)
-        if len(y) != out["rows"]:
-            raise ValueError(f"{len(y)} labels for {out['rows']} predicted rows")
-        acc = [float((np.asarray(p, int) == y).mean()) for p in preds]
-        out.update(accuracy=acc, mean_accuracy=float(np.mean(acc)), gap=out["estimated_accuracy"] - float(np.mean(acc)))
-    return out
 
 
 # ------------------------------------------------------------------ run facts: timings, environment
@@ -109,11 +57,11 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from lorafit import __version__
+    from importlib.metadata import version
 
     cuda = torch.cuda.is_available()
     return {
-        "lorafit": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "lorafit": version("lorafit"), "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
         "datasets": datasets.__version__, "numpy": np.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": torch.version.cuda if cuda else None,
@@ -279,10 +227,6 @@ def lengths_figure(lengths: dict[str, list[int]]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def distribution(labels: Sequence[int], k: int) -> list[int]:
-    return np.bincount(np.asarray(labels, int), minlength=k).tolist()
 
 
 # ------------------------------------------------------------------ reading a run folder

@@ -363,7 +363,7 @@ class Searcher:
 
         from lorafit.data.io import load_labeled
         from lorafit.model import load_trained
-        from lorafit.predict import predict_with_config
+        from lorafit.inference import predict_with_config
 
         if path not in self._files:
             self._files[path] = load_labeled(path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,

@@ -43,9 +43,10 @@ from scipy.special import softmax
 from lorafit.augment.select import apply_disagreement, teacher_disagreement
 from lorafit.config import Config, SelfTrainConfig
 from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
-from lorafit.predict import ensemble_logits, label_prior, predict_with_config
+from lorafit.inference import ensemble_logits, predict_with_config
+from lorafit.predict import label_prior
 from lorafit.prior import adjust_predictions, carry_adjustment
-from lorafit.report import distribution
+from lorafit.metrics import distribution
 from lorafit.train import train_adapters, train_model, with_teacher_logits
 
 log = logging.getLogger(__name__)

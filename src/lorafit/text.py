@@ -1,4 +1,5 @@
-"""WordNet synonym augmentation, read offline.
+"""Synonym replacement in a text (WordNet synonyms, read offline): a leaf utility that the
+augment stage (synonym copies) and the train stage (the consistency loss's noised copies) both use.
 
 By default the synonyms come from a lexicon shipped with lorafit
 (``lorafit/augment/wordnet/synonyms.tsv.gz``, about 1 MB): for each lowercase word form of WordNet 3.0,
@@ -30,10 +31,7 @@ import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
-
-import datasets
-import numpy as np
+from typing import Callable, Optional
 
 from lorafit.io_utils import atomic_path
 
@@ -41,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 # the shipped lexicon: a header line, then one "word<TAB>synonym<TAB>synonym..." line per word form
-LEXICON = Path(__file__).resolve().parent / "wordnet" / "synonyms.tsv.gz"
+LEXICON = Path(__file__).resolve().parent / "augment" / "wordnet" / "synonyms.tsv.gz"
 _LEXICON_HEADER = "# lorafit synonyms"
 _DB_FILES = ("data.adj", "data.adv", "data.noun", "data.verb", "index.adj", "index.adv", "index.noun",
              "index.verb", "adj.exc", "adv.exc", "noun.exc", "verb.exc", "cntlist.rev")
@@ -171,7 +169,7 @@ def _read_error(root, e: Exception) -> WordNetError:
 class SynonymFinder:
     """Synonyms of a word's exact form, read from an NLTK WordNet reader and cached per word.
 
-    These are the rules the shipped lexicon is built with (:func:`lexicon_entries`)."""
+    These are the rules the shipped lexicon is built with (``scripts/build_wordnet_lexicon.py``)."""
 
     def __init__(self, wordnet):
         self.wn = wordnet
@@ -195,33 +193,6 @@ class SynonymFinder:
                         found.add(s)
             self._cache[w] = tuple(sorted(found))
         return self._cache[w]
-
-
-def lexicon_entries(wordnet) -> Iterator[tuple[str, tuple[str, ...]]]:
-    """``(word, synonyms)`` for every lowercase word form of ``wordnet`` (an NLTK reader) that a
-    text word can be (matches ``_WORD`` in full) and that has a synonym, sorted by word: exactly
-    what :class:`SynonymFinder` returns for it. Only a lemma name of some synset can have one
-    (a synonym needs a synset listing the word's exact form), so those are the only candidates."""
-    finder = SynonymFinder(wordnet)
-    try:
-        forms = {lemma.name().lower() for synset in wordnet.all_synsets() for lemma in synset.lemmas()}
-    except Exception as e:
-        raise _read_error(getattr(wordnet, "root", "?"), e) from None
-    for word in sorted(f for f in forms if _WORD.fullmatch(f)):
-        found = finder(word)
-        if found:
-            yield word, found
-
-
-def lexicon_bytes(entries: Iterable[tuple[str, tuple[str, ...]]], source: str = "WordNet 3.0") -> bytes:
-    """The lexicon file's content: gzip (mtime 0, so the same entries give the same bytes) of a
-    header line and one ``word<TAB>synonym<TAB>...`` line per entry."""
-    lines = [f"{_LEXICON_HEADER} from {source}: word<TAB>synonyms (scripts/build_wordnet_lexicon.py)"]
-    for word, found in entries:
-        if not found or any("\t" in x or "\n" in x for x in (word, *found)):
-            raise ValueError(f"cannot store lexicon entry {word!r}: {found!r}")
-        lines.append("\t".join((word, *found)))
-    return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
 
 
 @lru_cache(maxsize=2)
@@ -296,40 +267,3 @@ def replace_synonyms(text: str, fraction: float, rng: random.Random,
         last = m.end()
     out.append(text[last:])
     return "".join(out)
-
-
-def synonym_augment(ds: datasets.Dataset, fraction: float, copies: int, seed: int,
-                    max_samples: Optional[int] = None, wordnet_dir: Optional[str] = None) -> datasets.Dataset:
-    """Augmented copies of the rows of ``ds`` (``text``, ``label``) with WordNet synonyms (from
-    the shipped lexicon, or the full WordNet in ``wordnet_dir``).
-
-    Up to ``max_samples`` rows (a seeded subsample; null = all) each get ``copies`` copies in which
-    about ``fraction`` of the content words are replaced. Stopwords, numbers, punctuation,
-    acronyms, capitalised words inside a sentence (names) and words under 3 letters are never
-    replaced. Copies identical to the original (or
-    to an earlier copy) are skipped. Returns only the new rows, with columns ``text`` and
-    ``label``; the same ``seed`` gives the same rows.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"synonym fraction must be in (0, 1], got {fraction} (config key augment.synonyms.fraction)")
-    if copies < 1:
-        raise ValueError(f"synonym copies must be >= 1, got {copies} (config key augment.synonyms.copies)")
-    finder = synonym_finder(wordnet_dir)
-    rows = np.arange(len(ds))
-    if max_samples is not None and max_samples < len(ds):
-        rows = np.sort(np.random.default_rng(seed).choice(len(ds), size=max_samples, replace=False))
-    texts, labels = ds["text"][:], ds["label"][:]  # lists: reading a Column item by item is slow
-    new_texts, new_labels = [], []
-    for i in rows.tolist():
-        seen = {texts[i]}
-        for c in range(copies):
-            # a string seed is hashed with SHA-512: stable across processes and Python versions
-            rng = random.Random(f"lorafit-synonyms-{seed}-{i}-{c}")
-            new = replace_synonyms(texts[i], fraction, rng, finder)
-            if new not in seen:
-                seen.add(new)
-                new_texts.append(new)
-                new_labels.append(labels[i])
-    log.info("synonyms: %d new rows from %d source rows (%d copies each)", len(new_texts), len(rows), copies)
-    features = datasets.Features({"text": datasets.Value("string"), "label": ds.features["label"]})
-    return datasets.Dataset.from_dict({"text": new_texts, "label": new_labels}, features=features)

@@ -36,15 +36,15 @@ from transformers import (
     set_seed,
 )
 
-from lorafit.augment.synonyms import replace_synonyms, synonym_finder
 from lorafit.config import Config, ConsistencyConfig
 from lorafit.data.clean import clip_text
 from lorafit.errors import Interrupted
+from lorafit.inference import teacher_logits
 from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
 from lorafit.model import adapter_name, add_adapter
 from lorafit.precision import pick_precision
-from lorafit.predict import predict_teacher
-from lorafit.report import classification_metrics
+from lorafit.text import replace_synonyms, synonym_finder
+from lorafit.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -578,31 +578,6 @@ def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:
         tokenizer.save_pretrained(str(tmp))
     atomic_write_json(run_dir / "train_log.json", log_history)
     return run_dir / "model"
-
-
-# ------------------------------------------------------------------ teacher logits (distillation)
-
-
-def _text_key(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def teacher_logits(teacher_dir: str | Path, texts: list[str], cache_file: Path, batch_size: int = 128) -> np.ndarray:
-    """Logits of a teacher (a trained lorafit run or a classifier folder) for ``texts``, computed
-    once and cached by text hash."""
-    cache: dict[str, np.ndarray] = {}
-    if cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            cache = dict(zip(z["keys"].tolist(), z["logits"]))
-    keys = [_text_key(t) for t in texts]
-    missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
-    if missing:
-        new = predict_teacher(teacher_dir, [t for _, t in missing], batch_size=batch_size)
-        cache.update({k: v for (k, _), v in zip(missing, new)})
-        with atomic_path(cache_file, suffix=".npz") as tmp:
-            np.savez(tmp, keys=np.array(list(cache)), logits=np.stack(list(cache.values())))
-        log.info("teacher logits: computed %d, reused %d (cache %s)", len(missing), len(texts) - len(missing), cache_file)
-    return np.stack([cache[k] for k in keys]).astype(np.float32)
 
 
 def with_teacher_logits(cfg: Config, ds: datasets.Dataset, run_dir: Path) -> datasets.Dataset:

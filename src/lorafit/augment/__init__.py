@@ -31,13 +31,15 @@ from scipy.special import softmax
 from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, sample_lengths
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.select import select_samples
-from lorafit.augment.synonyms import WordNetError, synonym_augment, synonym_finder
+from lorafit.augment.synonyms import synonym_augment
+from lorafit.errors import WordNetError
+from lorafit.text import synonym_finder
 from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
 from lorafit.io_utils import atomic_write_json
 from lorafit.precision import inference_precision
-from lorafit.predict import predict_teacher
+from lorafit.inference import predict_teacher
 
 log = logging.getLogger(__name__)
 
