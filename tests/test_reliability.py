@@ -3,10 +3,59 @@ Every one ends in a one-line error naming the file/row/key, or in correct behavi
 
 from __future__ import annotations
 
-import datasets
-import pytest
+import json
+from pathlib import Path
 
-from conftest import tiny_labeled_rows
+import datasets
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_labeled_rows, tiny_overrides, write_csv
+from lorafit.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_YAML = """name: tiny
+augment:
+  synonyms: {enabled: false}
+  lm: {enabled: false}
+  generate: {enabled: false}
+selftrain: {enabled: false}
+"""
+
+
+@pytest.fixture()
+def tiny_inputs(tiny_roberta_dir, tmp_path) -> dict:
+    data = tmp_path / "data"
+    csvs = {
+        "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
+        "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
+        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
+    }
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    return {"model": tiny_roberta_dir, "csvs": csvs, "runs": tmp_path / "runs", "tmp": tmp_path, "config": config}
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def run_args(inp: dict, **extra) -> list[str]:
+    return ["run", str(inp["config"]), *tiny_overrides(inp["model"], inp["csvs"], inp["runs"], **extra)]
+
+
+def one_line_error(result, code: int, *needles: str) -> str:
+    """Exit ``code`` through the CLI's error path: one ``error:`` line naming ``needles``, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    err = result.stderr[result.stderr.rindex("error: "):].strip()
+    assert "\n" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
 
 
 # ------------------------------------------------------------------ item 16: Ctrl-C during tokenization
@@ -44,3 +93,20 @@ def test_tokenize_hashes_no_function_so_an_interrupt_cannot_be_swallowed(tiny_ro
     monkeypatch.setattr(train, "clip_text", interrupted)  # Ctrl-C inside the map function itself
     with pytest.raises(KeyboardInterrupt):
         train.tokenize(ds, tok, 32)
+
+
+# ------------------------------------------------------------------ item 10: a NaN loss stops training
+
+
+def test_nan_loss_stops_training_with_one_line_and_saves_no_model(tiny_inputs):
+    run_dir = tiny_inputs["runs"] / "tiny"
+    result = invoke(*run_args(tiny_inputs, **{"train.learning_rate": 1e30}))
+    err = one_line_error(result, 2, "training diverged", "train.learning_rate (now 1e+30)", "--fresh")
+    assert "loss became nan at step" in err, err
+    assert not (run_dir / "model").exists() and not (run_dir / "submission.csv").exists()
+    assert not (run_dir / "metrics.json").exists()
+    # the checkpoints left hold finite weights only (the step that diverged saved none)
+    from safetensors.numpy import load_file
+
+    for f in run_dir.glob("checkpoints/checkpoint-*/adapter_model.safetensors"):
+        assert all(np.isfinite(v).all() for v in load_file(str(f)).values()), f

@@ -41,6 +41,10 @@ class WordNetError(LorafitError, RuntimeError):
     """WordNet data cannot be found or read; the message names the path and the fix."""
 
 
+class TrainingDiverged(LorafitError, RuntimeError):
+    """The training loss (or a trained weight) became NaN or infinite; training stopped there."""
+
+
 class BudgetExceeded(LorafitError, RuntimeError):
     """The configured model has more trainable parameters than ``budget.max_trainable``."""
 

@@ -38,7 +38,7 @@ from transformers import (
 
 from lorafit.config import Config, ConsistencyConfig
 from lorafit.data.clean import clip_text
-from lorafit.errors import Interrupted
+from lorafit.errors import Interrupted, TrainingDiverged
 from lorafit.inference import teacher_logits
 from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
 from lorafit.model import adapter_name, add_adapter
@@ -289,6 +289,13 @@ class LorafitTrainer(Trainer):
         pad = self.unlabeled.tokenizer.pad_token_id
         return 0 if pad is None else pad
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for cb in self.callback_handler.callbacks:  # the Trainer itself tests every step's loss for nan/inf
+            if isinstance(cb, StopOnNonFinite):
+                cb.note_loss(loss)
+        return loss
+
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Adds the mean consistency loss and the share of unlabeled rows inside the mask since the
         last training log (``consistency_loss``, ``consistency_mask_rate``)."""
@@ -387,6 +394,40 @@ def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = 
     )
 
 
+class StopOnNonFinite(TrainerCallback):
+    """Stop training with :class:`TrainingDiverged` at the end of the first step whose loss was
+    NaN or infinite, or after which a trainable weight is, before that step's checkpoint is saved,
+    so no diverged model is written. (The Trainer would leave the nan out of the logged loss and
+    train on; the run saved a NaN model and prediction failed later.) The loss comes from
+    :meth:`LorafitTrainer.training_step` (:meth:`note_loss`)."""
+
+    def __init__(self, learning_rate: Optional[float] = None):
+        self.learning_rate = learning_rate
+        self.bad_loss: Optional[float] = None
+
+    def note_loss(self, loss: torch.Tensor) -> None:
+        if self.bad_loss is None and not bool(torch.isfinite(loss.detach()).all()):
+            self.bad_loss = float(loss.detach().float().mean())
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        what = None
+        if self.bad_loss is not None:
+            what = f"the training loss became {self.bad_loss}"
+        elif model is not None:
+            trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in trained]) if trained else None
+            if finite is not None and not bool(finite.all()):  # one device sync per step
+                what = f"trainable weight '{trained[int((~finite).nonzero()[0])][0]}' became NaN or infinite"
+        if what is not None:
+            lr = f" (now {self.learning_rate:g})" if self.learning_rate is not None else ""
+            fp32 = " or train in fp32 (train.precision=fp32)" if args.fp16 or args.bf16 else ""
+            raise TrainingDiverged(
+                f"training diverged: {what} at step {state.global_step} (epoch {state.epoch or 0:.2f}); stopped "
+                f"without saving a model. Lower train.learning_rate{lr}{fp32}, then rerun with --fresh "
+                f"(checkpoints in '{args.output_dir}' may hold the diverging weights)")
+        return control
+
+
 class SaveAndStop(TrainerCallback):
     """Checkpoint every ``save_steps`` steps (``train.save_steps``), and on SIGINT/SIGTERM save a
     checkpoint at the end of the current step and stop, so an interrupted run resumes from there.
@@ -456,7 +497,7 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     va = tokenize(val_ds.select_columns(["text", "label"]), tokenizer, cfg.model.max_length) if val_ds is not None else None
     args = training_arguments(cfg, out_dir, epochs, eval_enabled=va is not None)
     stopper = SaveAndStop(cfg.train.save_steps)
-    callbacks = [stopper, *(callbacks or [])]
+    callbacks = [stopper, StopOnNonFinite(cfg.train.learning_rate), *(callbacks or [])]
     if cfg.train.early_stopping_patience and va is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     d = cfg.train.distill
