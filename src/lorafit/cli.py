@@ -74,8 +74,10 @@ def _guarded(fn):
 
 
 def _load(config: Path, overrides: List[str], name: Optional[str] = None, output_dir: Optional[str] = None,
-          allow_pickle: bool = False) -> Config:
+          allow_pickle: bool = False, trust_remote_code: bool = False) -> Config:
     extra = list(overrides)
+    if trust_remote_code:
+        extra.append("model.trust_remote_code=true")
     if name:
         extra.append(f"name={name}")
     if output_dir:
@@ -94,13 +96,14 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         name: Optional[str] = typer.Option(None, help="run name (folder under output_dir)"),
         output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading .pkl data (pickles can run code: trusted sources only)"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run the Python code a model folder or Hub repo ships (trusted sources only)"),
         fresh: bool = typer.Option(False, "--fresh", help="replace a previous run in the run folder instead of continuing it"),
         verbose: bool = typer.Option(False, "-v", "--verbose")):
     """Run every enabled stage of CONFIG into runs/<name>/ and print a summary."""
     _setup_logging(verbose)
 
     def go():
-        cfg = _load(config, overrides or [], name, output_dir, allow_pickle)
+        cfg = _load(config, overrides or [], name, output_dir, allow_pickle, trust_remote_code)
         check_run_dir(cfg, fresh)
         # datasets/pandas only once the config is known good; torch and peft only once the data is
         from lorafit.data import prepare_data
@@ -205,7 +208,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
-        ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle or cfg.data.allow_pickle)
+        ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle)  # consent per command, never from the run's files
         ds = clean_dataset(ds, cfg)
         import datasets
 

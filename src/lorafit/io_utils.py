@@ -290,3 +290,57 @@ def last_complete_checkpoint(folder: os.PathLike | str) -> Optional[str]:
             log.warning("removing incomplete checkpoint %s", p)
             shutil.rmtree(p, ignore_errors=True)
     return str(max(done)[1]) if done else None
+
+
+# ------------------------------------------------------------------ folders lorafit owns
+# lorafit deletes or replaces files only inside folders it made: each carries this mark (a small
+# JSON file). A folder that exists without it is the user's, and lorafit refuses to write there.
+MARK = ".lorafit"
+
+
+class NotOursError(OutputError):
+    """An output folder exists and holds files that lorafit did not write."""
+
+
+def is_ours(folder: os.PathLike | str) -> bool:
+    """Whether ``folder`` carries lorafit's mark (lorafit made it)."""
+    return (Path(folder) / MARK).is_file()
+
+
+def check_ours(folder: os.PathLike | str, what: str, legacy=None) -> Path:
+    """Refuse, before anything is written, an output ``folder`` that lorafit may not write into.
+
+    Allowed: a folder that does not exist yet, an empty one, one carrying lorafit's mark, or one
+    that ``legacy(folder)`` recognises as made by an earlier lorafit (which wrote no mark). A
+    symbolic link is refused: lorafit neither writes nor deletes through one.
+    """
+    p = Path(folder)
+    if p.is_symlink():
+        raise NotOursError(f"{what} '{p}' is a symbolic link; lorafit does not write or delete through links. "
+                           "Point the output at a real folder.")
+    if not p.exists() or is_ours(p):
+        return p
+    if not p.is_dir():
+        raise NotOursError(f"{what} '{p}' is a file, not a folder; choose another output path.")
+    if any(p.iterdir()) and not (legacy is not None and legacy(p)):
+        raise NotOursError(f"{what} '{p}' already holds files that lorafit did not write (no {MARK} mark); "
+                           "lorafit never changes them. Choose another folder, or empty this one yourself.")
+    return p
+
+
+def mark_ours(folder: os.PathLike | str, kind: str) -> Path:
+    """Create ``folder`` (with parents) and put lorafit's mark in it; return the path."""
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    if not is_ours(p):
+        from lorafit import __version__
+
+        atomic_write_json(p / MARK, {"made_by": "lorafit", "kind": kind, "version": __version__})
+    return p
+
+
+def remove_ours(folder: os.PathLike | str, what: str, legacy=None) -> None:
+    """Delete ``folder`` and everything in it, only if lorafit made it (see :func:`check_ours`)."""
+    p = check_ours(folder, what, legacy)
+    if p.exists():
+        shutil.rmtree(p)

@@ -55,7 +55,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model_config(name: str, num_labels: int, labels: list[str]) -> PretrainedConfig:
+def refuse_remote_code(name: str, e: BaseException) -> None:
+    """Raise a one-line ModelError when ``e`` is transformers refusing a model's own code."""
+    if "trust_remote_code" in str(e):
+        raise ModelError(f"model '{name}' ships its own Python code (auto_map), which lorafit does not run unless "
+                         "the command says so: pass --trust-remote-code (or model.trust_remote_code=true) only "
+                         "if you trust its source") from None
+
+
+def load_model_config(name: str, num_labels: int, labels: list[str], trust_remote_code: bool = False) -> PretrainedConfig:
     """The architecture config only (a few KB; no weights). A ``config.json`` file path works too.
 
     When a Hub id cannot be reached and lorafit ships that id's config (roberta-base), the shipped
@@ -68,8 +76,9 @@ def load_model_config(name: str, num_labels: int, labels: list[str]) -> Pretrain
         d = json.loads(Path(local).read_text())
         return AutoConfig.for_model(d.pop("model_type"), **{**d, **kwargs})
     try:
-        return AutoConfig.from_pretrained(local, **kwargs)
+        return AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
+        refuse_remote_code(name, e)
         shipped = _KNOWN_CONFIGS / f"{name.replace('/', '--')}.json"
         if shipped.is_file():
             log.info("could not reach '%s' (%s); using lorafit's shipped copy of its config", name, type(e).__name__)
@@ -100,8 +109,9 @@ def check_lora_layers(cfg: Config, mcfg: PretrainedConfig) -> None:
 def load_tokenizer(cfg: Config):
     name = resolve_model(cfg.model.name)
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
+        refuse_remote_code(cfg.model.name, e)
         raise ModelError(
             f"could not load the tokenizer of '{cfg.model.name}': {str(e)[:300]}. Offline? Use a local folder."
         ) from None
@@ -116,7 +126,7 @@ def load_base_model(cfg: Config, weights: bool = True):
     fresh head (the head is always trained).
     """
     labels = list(map(str, cfg.data.labels))
-    mcfg = load_model_config(cfg.model.name, len(labels), labels)
+    mcfg = load_model_config(cfg.model.name, len(labels), labels, cfg.model.trust_remote_code)
     limit = position_limit(mcfg)
     if limit is not None and cfg.model.max_length > limit:
         raise ModelError(f"config key 'model.max_length': {cfg.model.max_length} is more tokens than model "
@@ -131,8 +141,10 @@ def load_base_model(cfg: Config, weights: bool = True):
         try:
             with _quiet_load_report():  # restated by report_loading: an encoder checkpoint always lacks the head
                 base, info = AutoModelForSequenceClassification.from_pretrained(
-                    resolve_model(cfg.model.name), config=mcfg, ignore_mismatched_sizes=True, output_loading_info=True)
+                    resolve_model(cfg.model.name), config=mcfg, ignore_mismatched_sizes=True, output_loading_info=True,
+                    trust_remote_code=cfg.model.trust_remote_code)
         except (OSError, ValueError) as e:
+            refuse_remote_code(cfg.model.name, e)
             raise ModelError(
                 f"could not load the weights of '{cfg.model.name}': {str(e)[:300]}. Offline? Point model.name at "
                 "a local model folder, or use model.name=minilm."
@@ -318,9 +330,10 @@ def load_teacher(teacher_dir: str | Path):
         return model, tok, tcfg.model.max_length
     path = resolve_model(str(teacher_dir))
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).eval()
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
+        refuse_remote_code(str(teacher_dir), e)
         raise ModelError(f"teacher '{teacher_dir}': neither a lorafit run folder nor a loadable "
                          f"sequence-classification model ({str(e)[:200]}).") from None
     return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,9 +25,9 @@ import numpy as np
 from lorafit.augment import (augment_training_data, augmentation_enabled, check_augment_inputs,
                              check_augmentation_ready)
 from lorafit.budget import check_budget
-from lorafit.config import Config, check_run_dir, save_config
+from lorafit.config import Config, check_run_dir, is_legacy_run, save_config
 from lorafit.data import PreparedData, load_labeled, prepare_data
-from lorafit.io_utils import atomic_write_json, atomic_write_text, save_dataset
+from lorafit.io_utils import atomic_write_json, atomic_write_text, mark_ours, remove_ours, save_dataset
 from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
 from lorafit.inference import predict_with_config
@@ -133,8 +132,8 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
     if is_main:
         if fresh and run_dir.exists():
             log.info("--fresh: removing the previous run in %s", run_dir)
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+            remove_ours(run_dir, "run folder (output_dir/name)", legacy=is_legacy_run)
+        mark_ours(run_dir, "run")
         save_config(cfg, run_dir / "config.yaml")
     return is_main
 

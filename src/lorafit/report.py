@@ -284,7 +284,7 @@ def _target_texts(run: dict) -> tuple[Optional[list[str]], str]:
         from lorafit.data.io import load_unlabeled
         from lorafit.data.prepare import clean_dataset
 
-        ds = load_unlabeled(cfg.data.target, cfg.data.target_text_column, allow_pickle=cfg.data.allow_pickle)
+        ds = load_unlabeled(cfg.data.target, cfg.data.target_text_column, allow_pickle=False)  # a report never unpickles
         return list(clean_dataset(ds, cfg)["text"]), ""
     except Exception as e:  # any unreadable target only costs the report its target texts
         return None, f"could not read the target set '{cfg.data.target}': {str(e)[:200]}"

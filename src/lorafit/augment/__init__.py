@@ -37,7 +37,7 @@ from lorafit.text import synonym_finder
 from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
-from lorafit.io_utils import atomic_write_json
+from lorafit.io_utils import atomic_write_json, check_ours, mark_ours
 from lorafit.precision import inference_precision
 from lorafit.inference import predict_teacher
 
@@ -91,6 +91,8 @@ def adapt_lm_stage(cfg: Config, target_texts: Sequence[str], run_dir: Path) -> P
     """Adapt ``augment.lm.model`` to ``target_texts``; return the model folder. A folder that
     already holds a finished model (written atomically, so complete) is reused as it is."""
     out = lm_output_dir(cfg, run_dir)
+    if cfg.augment.lm.output:  # a folder of its own: lorafit writes (and replaces model/) only in one it made
+        mark_ours(check_ours(out, "augment.lm.output", legacy=lambda p: (p / "train_log.json").is_file()), "lm")
     if (out / "model" / "config.json").is_file():
         log.info("adapted LM found at %s; skipping LM adaptation (delete it to retrain)", out / "model")
         return out / "model"
