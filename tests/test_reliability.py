@@ -110,3 +110,38 @@ def test_nan_loss_stops_training_with_one_line_and_saves_no_model(tiny_inputs):
 
     for f in run_dir.glob("checkpoints/checkpoint-*/adapter_model.safetensors"):
         assert all(np.isfinite(v).all() for v in load_file(str(f)).values()), f
+
+
+# ------------------------------------------------------------------ item 13: searches started together
+
+
+def _open_storage_at(url, barrier, results):
+    from lorafit import search
+
+    barrier.wait()  # every process creates the fresh database's tables at the same moment
+    try:
+        search.open_storage(url, 1)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 (reported to the test)
+        results.put(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+
+
+def test_processes_opening_a_fresh_sqlite_study_together_all_succeed(tmp_path):
+    """Two `lorafit search` started together on a fresh SQLite study: one died with IntegrityError /
+    'table studies already exists' in open_storage (it raced the other's table creation)."""
+    import multiprocessing as mp
+
+    import lorafit.search  # noqa: F401  (imported before the fork: the children start at once)
+
+    ctx = mp.get_context("fork")
+    outcomes = []
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'search-{attempt}.db'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_storage_at, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        outcomes += [results.get(timeout=5) for _ in procs]
+    assert outcomes == ["ok"] * 12, outcomes

@@ -206,14 +206,36 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'search.db').resolve()}"
 
 
-def open_storage(url: str, retries: int) -> optuna.storages.RDBStorage:
+# what a database says when another process created the same tables or version row a moment earlier
+_CREATION_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked")
+
+
+def open_storage(url: str, retries: int, attempts: int = 10) -> optuna.storages.RDBStorage:
+    """Optuna's storage at ``url``, its tables created when new. Processes started together on a
+    fresh database race to create the same tables and version row (``table studies already
+    exists``, ``IntegrityError``); the losers try again, after a short random wait, and then find
+    the tables made (at most ``attempts`` tries)."""
+    import random
+
+    import sqlalchemy.exc
+
     kwargs = {}
     if url.startswith("sqlite"):  # several local workers share the file: wait for a writer's lock
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                          heartbeat_stale_trial_callback=partial(requeue, retries=retries), **kwargs)
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=partial(requeue, retries=retries), **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
+            if attempt == attempts or not any(m in str(e).lower() for m in _CREATION_RACE):
+                raise
+            log.debug("storage %s: created by another process meanwhile (%s); trying again", url,
+                      str(e).splitlines()[0][:120])
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+    raise AssertionError("unreachable")
 
 
 def requeue(study: optuna.Study, trial, retries: int) -> None:
