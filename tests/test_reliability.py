@@ -145,3 +145,40 @@ def test_processes_opening_a_fresh_sqlite_study_together_all_succeed(tmp_path):
             p.join(120)
         outcomes += [results.get(timeout=5) for _ in procs]
     assert outcomes == ["ok"] * 12, outcomes
+
+
+# ------------------------------------------------------------------ item 7: duplicates and conflicting labels
+
+
+def _prepare(tmp_path, rows, **overrides):
+    from lorafit.config import load_config
+    from lorafit.data import prepare_data
+
+    src = write_csv(tmp_path / "source.csv", rows)
+    ov = {"data.source": str(src), "data.val_fraction": 0.25, "clean.min_words": 1, **overrides}
+    return prepare_data(load_config(None, [f"{k}={v}" for k, v in ov.items()]))
+
+
+def test_duplicate_rows_are_dropped_before_the_split_and_counted(tmp_path):
+    rows = tiny_labeled_rows(6)  # 96 distinct texts
+    data = _prepare(tmp_path, rows * 3)  # each row three times, as the probe had it
+    assert not set(data.val["text"]) & set(data.train["text"])  # no validation text is a training text
+    assert len(data.train) + len(data.val) == 96
+    assert data.stats["source_rows"] == 288 and data.stats["duplicate_rows_dropped"] == 192
+    assert data.stats["conflicting_texts"] == 0 and data.stats["conflicting_rows_dropped"] == 0
+    # texts that differ only in what cleaning removes are duplicates too
+    data = _prepare(tmp_path, rows + [{"text": "  " + rows[0]["text"].replace(" ", "  "), "label": rows[0]["label"]}])
+    assert data.stats["duplicate_rows_dropped"] == 1 and len(data.train) + len(data.val) == 96
+
+
+def test_a_text_with_two_labels_is_dropped_and_reported_with_its_rows(tmp_path, caplog):
+    rows = tiny_labeled_rows(6)
+    clash = {"text": rows[5]["text"], "label": (rows[5]["label"] + 1) % 4}  # row 96: row 5's text, another label
+    with caplog.at_level("WARNING", logger="lorafit.data.prepare"):
+        data = _prepare(tmp_path, rows + [clash, dict(rows[5])])
+    assert rows[5]["text"] not in set(data.train["text"]) | set(data.val["text"])
+    assert len(data.train) + len(data.val) == 95
+    assert data.stats["conflicting_texts"] == 1 and data.stats["conflicting_rows_dropped"] == 3
+    assert data.stats["duplicate_rows_dropped"] == 0
+    warning = next(r.getMessage() for r in caplog.records if "labels" in r.getMessage())
+    assert "source.csv" in warning and "row 5 as 'Sports'" in warning and "row 96 as 'Business'" in warning, warning

@@ -82,18 +82,62 @@ def subsample(ds: datasets.Dataset, n: Optional[int], seed: int) -> datasets.Dat
     return ds.select(np.sort(np.concatenate(picked)))
 
 
+def deduplicate(ds: datasets.Dataset, labels: list, where: str) -> tuple[datasets.Dataset, dict]:
+    """``ds`` with one row per text: repeated rows with the same label keep their first copy; a text
+    given with two or more labels is dropped altogether (every copy: which label is right cannot be
+    told) and reported, with an example, in a warning. Rows are compared after cleaning, and a
+    ``row`` column, if present, is each row's index in the file (for the warning); it is removed.
+    Returns the set and the counts ``duplicate_rows_dropped``, ``conflicting_texts`` and
+    ``conflicting_rows_dropped``.
+
+    Done before the train/validation split, so no text is on both sides of it (a set holding each
+    row three times had 282 of its 288 validation rows in training too)."""
+    texts, ids = list(ds["text"]), list(ds["label"])
+    rows = list(ds["row"]) if "row" in ds.column_names else range(len(ds))
+    first: dict[str, int] = {}
+    seen_labels: dict[str, dict[int, int]] = {}  # text -> label -> first row with it
+    for i, (t, y) in enumerate(zip(texts, ids)):
+        first.setdefault(t, i)
+        seen_labels.setdefault(t, {}).setdefault(int(y), i)
+    conflicting = {t for t, by in seen_labels.items() if len(by) > 1}
+    keep = sorted(i for t, i in first.items() if t not in conflicting)
+    conflict_rows = sum(1 for t in texts if t in conflicting)
+    stats = {"duplicate_rows_dropped": len(ds) - len(keep) - conflict_rows,
+             "conflicting_texts": len(conflicting), "conflicting_rows_dropped": conflict_rows}
+    if conflicting:
+        t = min(conflicting, key=lambda x: first[x])
+        example = " and ".join(f"row {rows[i]} as {labels[y]!r}" for y, i in sorted(seen_labels[t].items(),
+                                                                                   key=lambda kv: kv[1])[:2])
+        log.warning("%s: %d text(s) are given with two or more labels (e.g. %r: %s); all %d of their rows were "
+                    "dropped", where, len(conflicting), t[:80], example, conflict_rows)
+    if stats["duplicate_rows_dropped"]:
+        log.info("%s: %d duplicate row(s) dropped (same text and label as an earlier row)", where,
+                 stats["duplicate_rows_dropped"])
+    out = ds.select(keep)
+    return (out.remove_columns("row") if "row" in out.column_names else out), stats
+
+
 def prepare_data(cfg: Config) -> PreparedData:
-    """Load and clean the source, validation and target sets described by ``cfg.data``."""
+    """Load and clean the source, validation and target sets described by ``cfg.data``; the
+    source's duplicate rows and texts with conflicting labels are dropped before the split
+    (:func:`deduplicate`, counted in ``stats``)."""
     d = cfg.data
     source = load_labeled(d.source, d.text_column, d.label_column, d.labels, d.source_split, d.allow_pickle)
     stats = {"source_rows": len(source)}
-    source = clean_dataset(source, cfg)
+    source = clean_dataset(source.add_column("row", list(range(len(source)))), cfg)
     source, dropped = filter_length(source, cfg.clean.min_words, cfg.clean.max_words)
     stats["dropped_by_length"] = dropped
+    source, dedup = deduplicate(source, d.labels, f"data.source '{d.source}'")
+    stats.update(dedup)
     if d.validation:
         train = source
         val = clean_dataset(load_labeled(d.validation, d.text_column, d.label_column, d.labels,
                                          "test", d.allow_pickle), cfg)
+        in_train = set(train["text"])
+        stats["val_rows_in_train"] = sum(t in in_train for t in val["text"])
+        if stats["val_rows_in_train"]:
+            log.warning("data.validation '%s': %d of its %d rows are also training rows (same text)", d.validation,
+                        stats["val_rows_in_train"], len(val))
     else:
         keep, held = stratified_split(source["label"], d.val_fraction, cfg.seed)
         train, val = source.select(keep), source.select(held)
@@ -117,7 +161,8 @@ def check_splits(cfg: Config, stats: dict) -> None:
     d = cfg.data
     if stats["train_rows"] == 0:
         raise DataError(f"no training rows left from '{d.source}' ({stats['source_rows']:,} rows, "
-                        f"{stats['dropped_by_length']:,} dropped by clean.min_words/max_words); "
+                        f"{stats['dropped_by_length']:,} dropped by clean.min_words/max_words, "
+                        f"{stats.get('conflicting_rows_dropped', 0):,} for texts given with conflicting labels); "
                         "loosen the length filter or check data.source")
     missing = [f"{d.labels[i]!r} (label {i})" for i, n in enumerate(stats["train_label_counts"]) if n == 0]
     if missing:
