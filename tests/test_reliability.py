@@ -38,6 +38,31 @@ def tiny_inputs(tiny_roberta_dir, tmp_path) -> dict:
     return {"model": tiny_roberta_dir, "csvs": csvs, "runs": tmp_path / "runs", "tmp": tmp_path, "config": config}
 
 
+@pytest.fixture(scope="module")
+def trained_run(tiny_roberta_dir, tmp_path_factory) -> dict:
+    """One tiny trained run (with selftrain.select_after_prior and a uniform prior) that tests copy
+    before changing anything in it: see :func:`copy_run`."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data = tmp / "data"
+    csvs = {
+        "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
+        "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
+        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
+    }
+    config = tmp / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    inp = {"model": tiny_roberta_dir, "csvs": csvs, "runs": tmp / "runs", "tmp": tmp, "config": config}
+    result = invoke(*run_args(inp, **{"predict.prior": "uniform", "selftrain.select_after_prior": "true"}))
+    assert result.exit_code == 0, result.output
+    return {**inp, "run": tmp / "runs" / "tiny"}
+
+
+def copy_run(trained_run: dict, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained_run["run"], tmp_path / "runs" / "tiny", symlinks=True))
+
+
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -182,3 +207,18 @@ def test_a_text_with_two_labels_is_dropped_and_reported_with_its_rows(tmp_path, 
     assert data.stats["duplicate_rows_dropped"] == 0
     warning = next(r.getMessage() for r in caplog.records if "labels" in r.getMessage())
     assert "source.csv" in warning and "row 5 as 'Sports'" in warning and "row 96 as 'Business'" in warning, warning
+
+
+# ------------------------------------------------------------------ item 19: predict --prior none
+
+
+def test_predict_prior_none_is_allowed_for_a_run_with_select_after_prior(trained_run, tmp_path):
+    """select_after_prior needs a prior for self-training's selection only; prediction runs none."""
+    run = copy_run(trained_run, tmp_path)
+    out = tmp_path / "plain.csv"
+    result = invoke("predict", run, "--prior", "none", "-o", out)
+    assert result.exit_code == 0, result.output
+    with np.load(run / "target_probs.npz") as z:
+        raw = z["probs"].argmax(1)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "ID,Label" and [int(r.split(",")[1]) for r in rows[1:]] == raw.tolist()

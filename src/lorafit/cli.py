@@ -203,8 +203,10 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         if output is not None:  # before any work: a path we cannot write fails in a second
             check_writable(output, "submission file (-o)")
         require_trained_run(run_dir)
-        # the run's config, with --prior checked like any override (a bad one fails before any model work)
-        cfg = load_config(Path(run_dir) / "config.yaml", [f"predict.prior={prior}"] if prior is not None else [])
+        # the run's config, with --prior checked like any override (a bad one fails before any model work);
+        # selftrain.select_after_prior needs a prior for self-training only, which prediction does not run
+        cfg = load_config(Path(run_dir) / "config.yaml",
+                          [f"predict.prior={prior}", "selftrain.select_after_prior=false"] if prior is not None else [])
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
