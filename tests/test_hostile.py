@@ -142,9 +142,9 @@ def test_row_with_an_empty_text_is_an_error_naming_the_row(tmp_path, row):
 
 
 def test_empty_text_in_target_and_jsonl(tmp_path):
+    # a target row is a submission row: an empty text is kept (and predicted), not refused
     p = _write(tmp_path / "target.csv", 'id,text\n0,fine\n1,""\n')
-    with pytest.raises(DataError, match=r"row 1 \(line 3 of the file\) has an empty text"):
-        load_unlabeled(str(p))
+    assert load_unlabeled(str(p))["text"] == ["fine", ""]
     p = _write(tmp_path / "nulls.jsonl", '{"text": "a", "label": 0}\n{"text": null, "label": 1}\n')
     with pytest.raises(DataError, match=r"row 1 \(line 2 of the file\) has no text"):
         load_labeled(str(p), labels=LABELS)

@@ -47,7 +47,8 @@ def trained_run(tiny_roberta_dir, tmp_path_factory) -> dict:
     csvs = {
         "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
         "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
-        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
+        "target": write_csv(data / "target.csv", [{"ID": f"t{i:02d}", "text": r["text"].upper()}
+                                                  for i, r in enumerate(tiny_labeled_rows(1))]),
     }
     config = tmp / "tiny.yaml"
     config.write_text(TINY_YAML)
@@ -222,3 +223,48 @@ def test_predict_prior_none_is_allowed_for_a_run_with_select_after_prior(trained
         raw = z["probs"].argmax(1)
     rows = out.read_text().splitlines()
     assert rows[0] == "ID,Label" and [int(r.split(",")[1]) for r in rows[1:]] == raw.tolist()
+
+
+# ------------------------------------------------------------------ item 8: the target set's IDs, empty target texts
+
+
+def test_target_ids_come_from_the_files_id_column(tmp_path):
+    from lorafit.data.io import DataError, load_unlabeled
+
+    p = write_csv(tmp_path / "t.csv", [{"ID": "0007", "text": "b"}, {"ID": "12", "text": "a"}, {"ID": "3", "text": "c"}])
+    ds = load_unlabeled(str(p))
+    assert list(ds["id"]) == ["0007", "12", "3"] and list(ds["text"]) == ["b", "a", "c"]  # as written
+    assert "id" not in load_unlabeled(str(write_csv(tmp_path / "n.csv", [{"text": "a"}]))).column_names
+    p = write_csv(tmp_path / "dup.csv", [{"id": "1", "text": "a"}, {"id": "2", "text": "b"}, {"id": "1", "text": "c"}])
+    with pytest.raises(DataError, match=r"dup\.csv: ID '1' \(column 'id'\) is given twice: row 0 \(line 2 of the file\) "
+                                        r"and row 2 \(line 4 of the file\)"):
+        load_unlabeled(str(p))
+    p = write_csv(tmp_path / "gap.csv", [{"id": "1", "text": "a"}, {"id": "", "text": "b"}])
+    with pytest.raises(DataError, match=r"gap\.csv: row 1 \(line 3 of the file\) has no ID in column 'id'"):
+        load_unlabeled(str(p))
+
+
+def _submission(path: Path) -> dict:
+    rows = path.read_text().splitlines()
+    assert rows[0] == "ID,Label"
+    return dict(r.split(",") for r in rows[1:])
+
+
+def test_shuffled_target_with_ids_and_an_empty_text_is_submitted_under_its_own_ids(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    texts = [r["text"].upper() for r in tiny_labeled_rows(1)]
+    plain = tmp_path / "plain.csv"
+    assert invoke("predict", run, "--prior", "none", "-o", plain).exit_code == 0
+    by_id = _submission(plain)  # the run's target file has IDs t00..t15
+    assert list(by_id) == [f"t{i:02d}" for i in range(len(texts))]
+    assert list(_submission(run / "submission.csv")) == list(by_id)  # `lorafit run` used them too
+    order = np.random.default_rng(0).permutation(len(texts))
+    rows = [{"text": texts[i], "ID": f"row-{i}"} for i in order] + [{"text": "", "ID": "empty-one"}]
+    shuffled = write_csv(tmp_path / "shuffled.csv", rows)
+    out = tmp_path / "shuffled-sub.csv"
+    result = invoke("predict", run, "--target", shuffled, "--prior", "none", "-o", out)
+    assert result.exit_code == 0, result.output
+    got = _submission(out)
+    assert list(got) == [f"row-{i}" for i in order] + ["empty-one"]  # the file's IDs, in its order
+    assert all(got[f"row-{i}"] == by_id[f"t{i:02d}"] for i in range(len(texts)))  # each ID kept its text's label
+    assert got["empty-one"] in {"0", "1", "2", "3"}  # the empty text is predicted, not refused

@@ -223,7 +223,8 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         # the run's own target set: its saved probabilities are reused (a prior re-applied without the
         # model) or, when computed afresh, kept for later priors
         t = predict_and_submit(cfg, ds["text"], out, run_dir=Path(run_dir), train_prior=train_prior,
-                               reuse_probs=reuse_probs, save_probs=target is None)
+                               reuse_probs=reuse_probs, save_probs=target is None,
+                               ids=ds["id"] if "id" in ds.column_names else None)
         info = t["prior"]
         typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class "
                    f"{dict(zip(map(str, cfg.data.labels), t['predicted_distribution']))}"

@@ -108,7 +108,8 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     if data.target is not None:
         metrics["target"] = predict_and_submit(
             cfg, data.target["text"], run_dir / "submission.csv", run_dir=run_dir, model=model, tokenizer=tokenizer,
-            logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)))
+            logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)),
+            ids=data.target["id"] if "id" in data.target.column_names else None)
         timer.lap("predict")
     finish_run(cfg, run_dir, metrics, timer, data.target)
     return metrics

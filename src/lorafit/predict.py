@@ -27,15 +27,19 @@ from lorafit.prior import adjust_predictions
 log = logging.getLogger(__name__)
 
 
-def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Optional[int] = None) -> Path:
-    """Write ``ID,Label`` (ID = row index of the target set) atomically."""
+def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Optional[int] = None,
+                     ids: Optional[Sequence[str]] = None) -> Path:
+    """Write ``ID,Label`` atomically; ID = the target set's own IDs (``ids``, in its row order) or
+    else its row index."""
     if expected_rows is not None and len(labels) != expected_rows:
         raise ValueError(f"submission has {len(labels)} predictions but the target set has {expected_rows} rows; "
                          "the target set changed since prediction; rerun `lorafit predict`.")
+    if ids is not None and len(ids) != len(labels):
+        raise ValueError(f"submission has {len(labels)} predictions but {len(ids)} IDs")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["ID", "Label"])
-    for i, lab in enumerate(labels):
+    for i, lab in zip(range(len(labels)) if ids is None else ids, labels):
         w.writerow([i, int(lab)])
     atomic_write_text(path, buf.getvalue())
     return Path(path)
@@ -68,8 +72,9 @@ def label_prior(labels: Sequence[int], k: int) -> np.ndarray:
 def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, run_dir: Path,
                        model=None, tokenizer=None, logits: Optional[np.ndarray] = None,
                        train_prior: Optional[Sequence[float]] = None, reuse_probs: bool = False,
-                       save_probs: bool = True) -> dict:
-    """Predict the target ``texts``, apply ``cfg.predict.prior`` and write ``submission`` (ID,Label).
+                       save_probs: bool = True, ids: Optional[Sequence[str]] = None) -> dict:
+    """Predict the target ``texts``, apply ``cfg.predict.prior`` and write ``submission`` (ID,Label;
+    ``ids``: the target set's own IDs, else the row numbers).
 
     The probabilities come from ``logits`` when given, else from the run's saved
     ``target_probs.npz`` when ``reuse_probs`` and it was computed for these texts (a prior is then
@@ -91,7 +96,7 @@ def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, r
             save_target_probs(probs_file, probs, texts)
     probs, adjusted, info = _with_prior(probs, cfg, train_prior)
     preds = adjusted.argmax(1)
-    write_submission(submission, preds, expected_rows=len(texts))
+    write_submission(submission, preds, expected_rows=len(texts), ids=ids)
     return {"rows": len(texts), "predicted_distribution": distribution(preds, k),
             "raw_distribution": distribution(probs.argmax(1), k),
             "mean_confidence": float(probs.max(1).mean()), "prior": info}

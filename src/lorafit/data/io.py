@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -290,10 +291,15 @@ def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT
 
 
-def _check_texts(texts: list, where: str, lines: Optional[list[int]] = None) -> list[str]:
+def _check_texts(texts: list, where: str, lines: Optional[list[int]] = None, allow_empty: bool = False) -> list[str]:
+    """The texts as strings; a missing or blank one is an error naming its row unless ``allow_empty``
+    (a target set: each row is a submission row, so an empty text is predicted, not dropped)."""
     out = []
     for i, t in enumerate(texts):
         if _is_missing(t):
+            if allow_empty:
+                out.append("")
+                continue
             raise DataError(f"{where}: {_row(i, lines)} has no text (empty cell). Remove the row or fill it in.")
         if isinstance(t, (bytes, bytearray)):
             try:
@@ -304,10 +310,37 @@ def _check_texts(texts: list, where: str, lines: Optional[list[int]] = None) -> 
             raise DataError(f"{where}: {_row(i, lines)} has a {type(t).__name__} where a text is expected.")
         elif not isinstance(t, str):
             t = str(t)  # numbers are texts too ("1984")
-        if not t.strip():
+        if not t.strip() and not allow_empty:
             raise DataError(f"{where}: {_row(i, lines)} has an empty text. Remove the row or fill it in.")
         out.append(t)
     return out
+
+
+ID_COLUMN = "id"  # a target set's column of submission IDs, matched case-insensitively ("ID", "Id", "id")
+
+
+def _target_ids(table, where: str, lines: Optional[list[int]]) -> Optional[list[str]]:
+    """The target set's own submission IDs (its ``ID``/``id`` column, as written), or None when it
+    has none (the IDs are then the row numbers). A missing or repeated ID is an error naming the rows."""
+    cols = list(table.columns) if isinstance(table, pd.DataFrame) else list(table.column_names)
+    named = [c for c in cols if str(c).strip().lower() == ID_COLUMN]
+    if not named:
+        return None
+    name = "ID" if "ID" in named else named[0]
+    ids, first = [], {}
+    for i, v in enumerate(_column(table, name, where, "ID")):
+        if _is_missing(v) or (isinstance(v, str) and not v.strip()):
+            raise DataError(f"{where}: {_row(i, lines)} has no ID in column '{name}'; fill it in (the submission "
+                            "uses the file's IDs when it has that column)")
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
+        v = str(v).strip()
+        if v in first:
+            raise DataError(f"{where}: ID {v!r} (column '{name}') is given twice: {_row(first[v], lines)} and "
+                            f"{_row(i, lines)}; submission IDs must be unique")
+        first[v] = i
+        ids.append(v)
+    return ids
 
 
 def _to_label_ids(values: list, label_names: Sequence[str], where: str,
@@ -367,10 +400,20 @@ def load_labeled(spec: str, text_column: str = "text", label_column: str = "labe
 
 def load_unlabeled(spec: str, text_column: str = "text", split: Optional[str] = None,
                    allow_pickle: bool = False) -> datasets.Dataset:
-    """Load an unlabeled set as a ``Dataset`` with a ``text`` column; row order is the submission ID."""
+    """Load an unlabeled set as a ``Dataset`` with a ``text`` column, and an ``id`` column (strings)
+    when the file has its own ``ID``/``id`` column: the submission's IDs (else the row numbers).
+    An empty text is kept, to be predicted like any other (a warning names the rows): dropping it
+    would shift every later row's ID."""
     table = load_table(spec, split=split, allow_pickle=allow_pickle)
     where = _describe(spec)
-    texts = _check_texts(_column(table, text_column, where, "target text"), where, _line_numbers(table))
+    lines = _line_numbers(table)
+    texts = _check_texts(_column(table, text_column, where, "target text"), where, lines, allow_empty=True)
     if not texts:
         raise DataError(f"{where}: the target set has no rows.")
-    return datasets.Dataset.from_dict({"text": texts})
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        logging.getLogger(__name__).warning(
+            "%s: %d target text(s) are empty (%s%s); they are predicted like the others, from no words", where,
+            len(empty), ", ".join(_row(i, lines) for i in empty[:3]), ", ..." if len(empty) > 3 else "")
+    ids = _target_ids(table, where, lines)
+    return datasets.Dataset.from_dict({"text": texts} if ids is None else {"text": texts, "id": ids})

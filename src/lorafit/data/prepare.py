@@ -147,6 +147,7 @@ def prepare_data(cfg: Config) -> PreparedData:
     if d.target:
         target = clean_dataset(load_unlabeled(d.target, d.target_text_column, allow_pickle=d.allow_pickle), cfg)
         stats["target_rows"] = len(target)
+        stats["target_empty_texts"] = sum(not t.strip() for t in target["text"])  # predicted from no words
     stats.update(train_rows=len(train), val_rows=len(val),
                  train_label_counts=label_counts(train, len(d.labels)),
                  val_label_counts=label_counts(val, len(d.labels)))
