@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorafit.config import Config, ConfigError, config_changes, load_config, parse_override, save_config
+from lorafit.config import Config, ConfigError, load_config, parse_override, save_config
+from lorafit.runs import config_changes
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -394,14 +394,20 @@ def test_predict_precision_defaults_to_training_precision():
     assert load_config(None, ["predict.precision=bf16"]).predict.precision == "bf16"
 
 
-def test_literal_choices_match_the_installed_transformers():
+def test_optimizer_and_scheduler_names_are_the_installed_transformers():
+    """Read from transformers' source without importing it (a bad name fails in the first second),
+    they are exactly its enums; once transformers is loaded the enums themselves are used."""
+    from lorafit.config import choices
+
+    choices.enum_values.cache_clear()
+    from_source = (choices._enum_values_from_source("transformers.training_args", "OptimizerNames"),
+                   choices._enum_values_from_source("transformers.trainer_utils", "SchedulerType"))
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    from lorafit.config import OPTIMIZERS, SCHEDULERS
-
-    assert set(typing.get_args(OPTIMIZERS)) == {o.value for o in OptimizerNames}
-    assert set(typing.get_args(SCHEDULERS)) == {s.value for s in SchedulerType}
+    assert from_source == (tuple(o.value for o in OptimizerNames), tuple(s.value for s in SchedulerType))
+    assert choices.optimizer_names() == from_source[0] and "adamw_torch_fused" in from_source[0]
+    assert load_config(None, ["train.lr_scheduler=cosine_with_min_lr", "train.optim=adafactor"]).train.optim == "adafactor"
 
 
 def test_lora_config_is_built_from_the_section():
@@ -417,13 +423,15 @@ def test_lora_config_is_built_from_the_section():
 
 def test_building_the_model_leaves_the_config_as_it_was(tmp_path):
     from lorafit.budget import count_budget
-    from lorafit.config import check_run_dir
+    from lorafit.io_utils import mark_ours
+    from lorafit.runs import check_run_dir
 
     cfg = load_config(REPO / "configs" / "quickstart.yaml", [f"output_dir={tmp_path}"])
     count_budget(cfg)  # PEFT adds the head to modules_to_save: in its own copy, not in the config
     assert cfg.lora.modules_to_save == ["classifier"]
     # runs saved while PEFT changed the config's list still resume
     old = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"modules_to_save": ["classifier", "score"] * 2})})
+    mark_ours(cfg.run_dir, "run")
     save_config(old, cfg.run_dir / "config.yaml")
     assert check_run_dir(cfg) == cfg.run_dir
     with pytest.raises(Exception, match=r"lora.r 8 -> 4"):

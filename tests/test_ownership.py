@@ -89,7 +89,7 @@ def test_fresh_removes_only_a_marked_folder(tmp_path):
 
 
 def test_an_unmarked_run_of_an_earlier_lorafit_is_still_a_run(tmp_path):
-    from lorafit.config import is_legacy_run
+    from lorafit.runs import is_legacy_run
 
     old = tmp_path / "old"
     (old / "model").mkdir(parents=True)

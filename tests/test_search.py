@@ -23,6 +23,7 @@ from conftest import tiny_labeled_rows, write_csv
 from lorafit.budget import count_budget, fit_ranks, largest_rank
 from lorafit.cli import app
 from lorafit.config import ConfigError, load_config
+from lorafit.search_space import load_search_config
 from lorafit.search import pareto_front, run_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,11 +192,11 @@ def test_two_workers_share_one_storage(tiny_roberta_dir, tmp_path):
     assert "leaderboard" in out.output and "best: trial" in out.output
 
 
-def test_search_section_is_validated_at_load(tmp_path):
+def test_search_section_is_validated_when_the_search_starts(tmp_path):
     def load(search):
         p = tmp_path / "c.yaml"
         p.write_text(yaml.safe_dump({"search": search}))
-        return load_config(p)
+        return load_search_config(p, [])
 
     cfg = load({"space": {"lora.r": {"low": 2, "high": 16, "log": True},
                           "train.learning_rate": {"low": "1e-4", "high": "1e-2", "log": True},

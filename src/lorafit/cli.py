@@ -18,7 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from lorafit.config import Config, check_run_dir, load_config
+from lorafit.config import Config, load_config
+from lorafit.runs import check_run_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
@@ -376,7 +377,7 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
     def go():
         from lorafit.augment import adapt_lm_stage
-        from lorafit.config import claim_run_dir
+        from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
 
         cfg = _load(config, overrides or [])
@@ -398,7 +399,7 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
     def go():
         from lorafit.augment import generate_stage
-        from lorafit.config import claim_run_dir
+        from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
 
         cfg = _load(config, overrides or [])

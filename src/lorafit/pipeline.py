@@ -25,7 +25,7 @@ import numpy as np
 from lorafit.augment import (augment_training_data, augmentation_enabled, check_augment_inputs,
                              check_augmentation_ready)
 from lorafit.budget import check_budget
-from lorafit.config import Config, check_run_dir, is_legacy_run, save_config
+from lorafit.config import Config, save_config
 from lorafit.data import PreparedData, load_labeled, prepare_data
 from lorafit.io_utils import atomic_write_json, atomic_write_text, mark_ours, remove_ours, save_dataset
 from lorafit.model import adapter_names, build_model, load_tokenizer
@@ -33,6 +33,7 @@ from lorafit.precision import for_inference, inference_precision
 from lorafit.inference import predict_with_config
 from lorafit.predict import label_prior, predict_and_submit
 from lorafit.metrics import classification_metrics
+from lorafit.runs import check_run_dir, is_legacy_run
 from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves,
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
@@ -48,7 +49,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
 
     ``prepared``: the data stage's result when the caller already ran it (the CLI does, to fail
     fast on bad data before the model stack is imported). ``fresh``: replace a previous run in
-    the run folder instead of continuing it (see :func:`lorafit.config.check_run_dir`). ``timer``: the
+    the run folder instead of continuing it (see :func:`lorafit.runs.check_run_dir`). ``timer``: the
     caller's :class:`StageTimer` when it timed stages before this call (the CLI times the data stage).
     ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
     timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds

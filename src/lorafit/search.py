@@ -1,6 +1,6 @@
 """Budget-aware hyperparameter search on Optuna (``lorafit search CONFIG --trials N``).
 
-The space is the config's ``search.space`` (see :class:`lorafit.config.SearchConfig`). Each trial:
+The space is the config's ``search.space`` (checked by :mod:`lorafit.search_space`). Each trial:
 
 1. samples the space and builds the trial's config (the base config plus ``key=value`` overrides);
 2. counts its trainable parameters from the config alone, on the meta device
@@ -50,8 +50,8 @@ import yaml
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from lorafit.config import (Config, ConfigError, SearchConfig, config_field_type, load_config, merge_overrides,
-                            objective_terms)
+from lorafit.config import Config, ConfigError, SearchConfig, load_config, merge_overrides
+from lorafit.search_space import Dimension, check_space, dimensions, load_search_config, objective_terms, override
 from lorafit.io_utils import atomic_write_bytes, atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
@@ -59,101 +59,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 60  # a trial without a heartbeat for GRACE_SECONDS is stale (its process died)
 GRACE_SECONDS = 180
 _PRIMITIVE = (type(None), bool, int, float, str)
-
-
-# ------------------------------------------------------------------ the space
-
-
-@dataclasses.dataclass
-class Dimension:
-    """One ``search.space`` entry. Choices that are not plain values (lists such as target
-    modules) are given to Optuna by a label (their name, or ``query,value`` for a list)."""
-
-    key: str
-    spec: dict
-
-    @property
-    def choices(self) -> Optional[list[tuple[Any, Any]]]:
-        """``[(optuna label, config value)]`` for a choice dimension, else None."""
-        c = self.spec.get("choices")
-        if c is None:
-            return None
-        if isinstance(c, dict):
-            return [(str(k), v) for k, v in c.items()]
-        if all(isinstance(v, _PRIMITIVE) for v in c):
-            return [(v, v) for v in c]
-        labels = [_label(v) for v in c]
-        if len(set(labels)) < len(labels):
-            labels = [json.dumps(v) for v in c]
-        return list(zip(labels, c))
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        """Sample this dimension in ``trial``; returns the config value."""
-        choices = self.choices
-        if choices is not None:
-            label = trial.suggest_categorical(self.key, [lab for lab, _ in choices])
-            return next(v for lab, v in choices if lab == label)
-        s = self.spec
-        if self.is_int:
-            return trial.suggest_int(self.key, int(s["low"]), int(s["high"]), step=int(s.get("step") or 1),
-                                     log=bool(s.get("log")))
-        return trial.suggest_float(self.key, float(s["low"]), float(s["high"]), step=s.get("step"),
-                                   log=bool(s.get("log")))
-
-    @property
-    def is_int(self) -> bool:
-        tp = config_field_type(self.key)
-        return ([a for a in typing.get_args(tp) if a is not type(None)] or [tp])[0] is int
-
-    def param(self, value: Any) -> Any:
-        """The Optuna parameter for a ``search.enqueue`` value (a name for named choices)."""
-        choices = self.choices
-        if choices is None:
-            return value
-        if isinstance(self.spec["choices"], dict):
-            return str(value)
-        return next(lab for lab, v in choices if v == value)
-
-    def values(self) -> list:
-        """Values worth checking before the search: every choice, or both ends of a range."""
-        choices = self.choices
-        return [v for _, v in choices] if choices is not None else [self.spec["low"], self.spec["high"]]
-
-
-def _label(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, (list, tuple)):
-        return ",".join(map(str, v)) if v else "[]"
-    return str(v)
-
-
-def dimensions(cfg: Config) -> list[Dimension]:
-    return [Dimension(k, spec) for k, spec in cfg.search.space.items()]
-
-
-def override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"  # JSON is YAML: lists, null and numbers read back as they were
-
-
-def check_space(config: Optional[Path], overrides: list[str], cfg: Config) -> list[Dimension]:
-    """Fail in the first second when a choice or a range end makes the config invalid (e.g. ``lora.r: 0``)
-    or the space is empty; returns the dimensions."""
-    dims = dimensions(cfg)
-    if not dims:
-        raise ConfigError("config key 'search.space' is empty; declare what to search, e.g. "
-                          "search: {space: {lora.r: {low: 2, high: 32, log: true}}}")
-    for d in dims:
-        for v in d.values():
-            try:
-                load_config(config, merge_overrides(overrides, [override(d.key, v)]))
-            except ConfigError as e:
-                raise ConfigError(f"config key 'search.space.{d.key}': the value {v!r} makes an invalid config: {e}") \
-                    from None
-    for term, _ in objective_terms(cfg.search.objective):
-        if term.startswith("file:") and not Path(term[5:]).exists():
-            raise ConfigError(f"config key 'search.objective': file '{term[5:]}' does not exist")
-    return dims
 
 
 # ------------------------------------------------------------------ pruning
@@ -434,7 +339,7 @@ def run_search(config: Optional[Path], overrides: list[str], trials: Optional[in
     """Run (or resume) the study of ``config``; with ``workers`` > 1, ``workers - 1`` more processes
     of ``lorafit search`` join it. Worker processes (``worker_index`` > 0) only run trials; the
     first one writes the results and returns them (see :func:`write_results`)."""
-    cfg = load_config(config, overrides)
+    cfg = load_search_config(config, overrides)
     check_space(config, overrides, cfg)
     n_trials = cfg.search.trials if trials is None else trials
     if n_trials < 0:

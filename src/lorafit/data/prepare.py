@@ -127,6 +127,10 @@ def prepare_data(cfg: Config) -> PreparedData:
     source = clean_dataset(source.add_column("row", list(range(len(source)))), cfg)
     source, dropped = filter_length(source, cfg.clean.min_words, cfg.clean.max_words)
     stats["dropped_by_length"] = dropped
+    if len(source) == 0:
+        raise DataError(f"no row of data.source '{d.source}' is left after the length filter: all "
+                        f"{stats['source_rows']:,} have fewer than clean.min_words ({cfg.clean.min_words}) or more "
+                        f"than clean.max_words ({cfg.clean.max_words}) words; widen that range")
     source, dedup = deduplicate(source, d.labels, f"data.source '{d.source}'")
     stats.update(dedup)
     if d.validation:

@@ -1,0 +1,121 @@
+"""The run folder ``<output_dir>/<name>/``: the names of the files a run writes, and whether a
+folder can hold a new run.
+
+A folder that holds a run (its ``config.yaml``) with another adapter shape is never continued. A
+*finished* run (its ``metrics.json``) is continued only with the same config: a changed seed,
+data, training or any other key that shapes the results would mix two runs (a new
+train/validation split beside the old model). Such a rerun is refused with the differing keys
+named; ``--fresh`` replaces the old run. Only keys that change how a run is executed, not what it
+computes (:data:`FREE_KEYS`), may differ. An unfinished run (interrupted) may continue from its
+last checkpoint with other settings, e.g. ``train.max_steps``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorafit.config import Config, ConfigError, flatten, load_config
+from lorafit.errors import RunConflictError
+from lorafit.io_utils import check_ours, check_writable, mark_ours
+
+# what a run folder holds (written by the pipeline, read by report, compare, search, scripts)
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+TRAIN_LOG = "train_log.json"
+SUMMARY = "summary.md"
+REPORT = "report.html"
+SUBMISSION = "submission.csv"
+TARGET_PROBS = "target_probs.npz"
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+DATA = "data"
+SYNTHETIC = "synthetic"
+LM = "lm"
+
+# Keys that fix the shape of the saved adapter and head: a run folder trained with other values
+# cannot be resumed (its checkpoints would not load) and must not be mixed with a new run.
+ADAPTER_SHAPE_KEYS = ("model.name", "data.labels", "lora.")
+# Keys that change how a run executes, not what it computes: a rerun may change them.
+FREE_KEYS = ("name", "output_dir", "train.resume", "train.dataloader_workers", "predict.workers",
+             "predict.batch_size", "data.allow_pickle", "model.trust_remote_code", "search.")
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple]:
+    """Keys whose values differ between two configs: ``{key: (old, new)}``."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _shape_value(key: str, value):
+    """A key's value as it shapes the adapter. PEFT adds the classification head (``classifier``,
+    ``score``) to ``modules_to_save`` itself; earlier versions of lorafit let it do so in the config's own
+    list, so older runs saved ``[classifier, score, classifier, score]`` for ``[classifier]``."""
+    if key == "lora.modules_to_save":
+        return sorted(set(value or ()) | {"classifier", "score"})
+    return value
+
+
+def _free(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in FREE_KEYS)
+
+
+def _listed(changes: dict) -> str:
+    shown = [f"{k} {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:6]]
+    more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+    return ", ".join(shown) + more
+
+
+def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
+    """Check, before anything is read or written, that ``cfg.run_dir`` can hold this run.
+
+    The folder must be creatable and writable, and hold no files lorafit did not write. When it
+    already holds a run (``config.yaml``) of another adapter shape, or a finished run whose config
+    differs in a key other than :data:`FREE_KEYS`, the run is refused with the differing keys
+    named, unless ``fresh`` (the old run will be replaced). Otherwise the run continues from the
+    folder's last complete checkpoint.
+    """
+    run_dir = cfg.run_dir
+    check_writable(run_dir, "run folder (output_dir/name)", folder=True)
+    check_ours(run_dir, "run folder (output_dir/name)", legacy=is_legacy_run)  # never the user's own folder
+    saved = run_dir / CONFIG
+    if fresh or not saved.is_file():
+        return run_dir
+    try:
+        old = load_config(saved)
+    except ConfigError as e:
+        raise RunConflictError(f"run folder '{run_dir}' holds a config this version cannot read ({e}); "
+                               "pass --fresh to replace that run, or choose another name=") from None
+    changes = {k: v for k, v in config_changes(old, cfg).items() if not _free(k)}
+    shape = {k: (o, n) for k, (o, n) in changes.items()
+             if k.startswith(ADAPTER_SHAPE_KEYS) and _shape_value(k, o) != _shape_value(k, n)}
+    if shape:
+        raise RunConflictError(f"run folder '{run_dir}' holds a run with another adapter shape ({_listed(shape)}); "
+                               "pass --fresh to replace that run (its model and checkpoints are deleted), "
+                               "or choose another name=")
+    changes = {k: (o, n) for k, (o, n) in changes.items() if not k.startswith(ADAPTER_SHAPE_KEYS)}
+    if changes and (run_dir / METRICS).is_file():
+        raise RunConflictError(f"run folder '{run_dir}' holds a finished run with another config ({_listed(changes)}); "
+                               "run it with its own config to continue it, pass --fresh to replace it, or choose "
+                               "another name=")
+    return run_dir
+
+
+def claim_run_dir(cfg: Config) -> Path:
+    """The run folder for a command that writes into it alone (``adapt-lm``, ``generate``):
+    refused when it holds the user's own files, else created with lorafit's mark."""
+    check_writable(cfg.run_dir, "run folder (output_dir/name)", folder=True)
+    return mark_ours(check_ours(cfg.run_dir, "run folder (output_dir/name)", legacy=is_legacy_run), "run")
+
+
+def is_legacy_run(folder: Path) -> bool:
+    """A run folder written by a lorafit that did not mark its folders: its ``config.yaml`` is a
+    lorafit config and it holds the files only a run writes."""
+    if (folder / LM / "train_log.json").is_file() or (folder / SYNTHETIC / "plan.json").is_file():
+        return True  # `lorafit adapt-lm` / `lorafit generate` alone
+    if not ((folder / CONFIG).is_file() and any((folder / f).exists() for f in (MODEL, CHECKPOINTS, METRICS, DATA))):
+        return False
+    try:
+        load_config(folder / CONFIG)
+    except ConfigError:
+        return False
+    return True
