@@ -39,7 +39,8 @@ import yaml
 from scipy import stats
 from tqdm.auto import tqdm
 
-from lorafit.augment.lm_adapt import load_causal_lm
+from lorafit.augment.causal_lm import describe_causal_lm, load_causal_lm
+from lorafit.augment.sampling import sample
 from lorafit.data.clean import word_count
 from lorafit.data.io import DataError, resolve_path
 from lorafit.io_utils import atomic_write_json, atomic_write_text
@@ -181,14 +182,22 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 # ------------------------------------------------------------------ generation
 
 
-def _encode_prompts(tokenizer, prompts: list[str], device) -> dict:
-    """Left-padded prompt batch, each starting with BOS (a text start, as after EOS in training)."""
-    ids = tokenizer(prompts)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None:
-        ids = [x if x[:1] == [bos] else [bos, *x] for x in ids]
-    batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
+def encode_prompts(tokenizer, prompts: list[str], prompt_format: str = "plain") -> list[list[int]]:
+    """Token ids of each prompt as the LM continues it.
+
+    ``plain``: the prompt after the text separator the LM was adapted with (EOS: a text starts after
+    it, as in the packed training stream; for GPT-2 this is its BOS). ``chat``: the prompt as the user's
+    turn of the tokenizer's chat template, with the assistant's turn opened (an instruction-tuned LM).
+    """
+    if prompt_format == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("augment.generate.format 'chat' needs an LM whose tokenizer has a chat template; "
+                            "this one has none. Use format: plain.")
+        return [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=False)) for q in prompts]
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    sep = tokenizer.eos_token_id
+    return [[sep, *x] for x in ids]
 
 
 def max_positions(model) -> Optional[int]:
@@ -205,24 +214,23 @@ def new_tokens_for(target_words: int) -> int:
 
 
 def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shard_seed: int, *, top_k: int,
-                    top_p: float, temperature: float, repetition_penalty: float, device) -> list[dict]:
+                    top_p: float, temperature: float, repetition_penalty: float, prompt_format: str) -> list[dict]:
     targets = [plan[i]["target_words"] for i in members]
-    batch = _encode_prompts(tokenizer, [plan[i]["prompt"] for i in members], device)
-    max_new_tokens = new_tokens_for(max(targets))
+    prompts = encode_prompts(tokenizer, [plan[i]["prompt"] for i in members], prompt_format)
+    budgets = [new_tokens_for(t) for t in targets]
     limit = max_positions(model)
     if limit is not None:  # past its positions GPT-2 fails (an index error; on CUDA a device-side assert)
-        room = limit - batch["input_ids"].shape[1]
+        width = max(len(p) for p in prompts)
+        room = limit - width
         if room < 1:
-            raise DataError(f"a prompt of {batch['input_ids'].shape[1]} tokens leaves no room in the {limit} "
+            raise DataError(f"a prompt of {width} tokens leaves no room in the {limit} "
                             "positions of the LM; shorten the prompts in augment.generate.prompts.")
-        max_new_tokens = min(max_new_tokens, room)
+        budgets = [min(b, room) for b in budgets]
     torch.manual_seed(shard_seed)
-    with torch.inference_mode():
-        out = model.generate(**batch, do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature,
-                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, use_cache=True,
-                             pad_token_id=tokenizer.pad_token_id)
-    new_tokens = out[:, batch["input_ids"].shape[1]:]  # the prompt is not part of the sample
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    new_tokens = sample(model, tokenizer, prompts, budgets, targets, top_k=top_k, top_p=top_p,
+                        temperature=temperature, repetition_penalty=repetition_penalty,
+                        stop_ids=[tokenizer.eos_token_id])
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)  # the prompt is not part of the sample
     rows = []
     for i, text, target in zip(members, texts, targets):
         rows.append({"index": i, "text": " ".join(text.split()[:target]), "label": plan[i]["label"],
@@ -242,7 +250,8 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
                      *, a: float, loc: float, scale: float, min_words: int, max_words: int, top_k: int = 50,
                      top_p: float = 0.95, temperature: float = 1.0, repetition_penalty: float = 1.3,
                      batch_size: int = 32, seed: int = 42, rank: int = 0, world_size: int = 1,
-                     precision: str = "auto") -> Optional[datasets.Dataset]:
+                     precision: str = "auto", prompt_format: str = "plain",
+                     trust_remote_code: bool = False) -> Optional[datasets.Dataset]:
     """Generate ``per_class`` samples for each class of ``prompt_bank`` with the LM at ``model_dir``.
 
     Returns a ``Dataset`` with columns text, label, prompt, seed (the shard seed) and target_words,
@@ -264,19 +273,20 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
         "length": {"a": a, "loc": loc, "scale": scale, "min_words": min_words, "max_words": max_words},
         "sampling": {"top_k": top_k, "top_p": top_p, "temperature": temperature,
                      "repetition_penalty": repetition_penalty},
+        "format": prompt_format,
     }
     _check_settings(out_dir, settings)
 
     mine = [j for j in range(len(shards)) if j % world_size == rank]
     todo = [j for j in mine if not shard_path(out_dir, j).is_file()]
-    start, generated = time.time(), 0
+    start, generated, generator = time.time(), 0, None
     if todo:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
         dtype = torch_dtype(generation_precision(precision, device))  # auto: fp32 on CPU
-        tokenizer, model = load_causal_lm(str(model_dir), dtype=dtype)
-        tokenizer.padding_side = "left"
+        tokenizer, model = load_causal_lm(str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device).eval()
+        generator = describe_causal_lm(str(model_dir), model)
         limit = max_positions(model)
         if limit is not None and new_tokens_for(max_words) >= limit:
             log.warning("augment.generate.length.max_words=%d asks for up to %d new tokens, but '%s' holds %d "
@@ -287,7 +297,8 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
         for j in todo:
             members, shard_seed = shards[j]
             rows = _generate_shard(model, tokenizer, plan, members, shard_seed, top_k=top_k, top_p=top_p,
-                                   temperature=temperature, repetition_penalty=repetition_penalty, device=device)
+                                   temperature=temperature, repetition_penalty=repetition_penalty,
+                                   prompt_format=prompt_format)
             atomic_write_text(shard_path(out_dir, j), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             generated += len(rows)
             bar.update(1)
@@ -299,11 +310,11 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
         log.info("rank %d/%d done; %d shard(s) of other ranks still missing (e.g. %s)", rank, world_size,
                  len(missing), shard_path(out_dir, missing[0]).name)
         return None
-    return _assemble(out_dir, plan, len(shards), settings, wall, generated)
+    return _assemble(out_dir, plan, len(shards), settings, wall, generated, generator)
 
 
 def _assemble(out_dir: Path, plan: list[dict], n_shards: int, settings: dict, wall: float,
-              generated: int) -> datasets.Dataset:
+              generated: int, generator: Optional[dict] = None) -> datasets.Dataset:
     rows = [r for j in range(n_shards) for r in _read_jsonl(shard_path(out_dir, j))]
     rows.sort(key=lambda r: r["index"])
     if [r["index"] for r in rows] != list(range(len(plan))):
@@ -334,6 +345,7 @@ def _assemble(out_dir: Path, plan: list[dict], n_shards: int, settings: dict, wa
             "target_words": _length_stats([r["target_words"] for r in rows]),
             "output_words": _length_stats([word_count(r["text"]) for r in rows]),
             "settings": settings,
+            "generator": generator,
             "this_call": {"samples_generated": generated, "wall_s": round(wall, 3),
                           "samples_per_s": round(generated / wall, 3) if generated and wall > 0 else None},
             "files": {"samples": str(samples), "shards": str(out_dir / "shards")},

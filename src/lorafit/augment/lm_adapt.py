@@ -22,78 +22,33 @@ import datasets
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     DataCollatorForLanguageModeling,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
+from lorafit.augment.causal_lm import (SCRATCH_PREFIX, describe_causal_lm, load_causal_lm,  # noqa: F401 (re-exported)
+                                      perplexity, scratch_gpt2)
 from lorafit.data.io import DataError
+from lorafit.errors import ConfigError
 from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
-from lorafit.model import ModelError, resolve_model
 from lorafit.precision import pick_precision
 
 log = logging.getLogger(__name__)
 
 
-def load_causal_lm(name: str, dtype: torch.dtype | None = None):
-    """Tokenizer and ``AutoModelForCausalLM`` from a Hub id or a local folder.
-
-    The tokenizer must have an EOS token (it separates the packed texts); when it has no pad
-    token, EOS doubles as one.
-    """
-    if name.startswith(SCRATCH_PREFIX):
-        tokenizer, model = scratch_gpt2(name[len(SCRATCH_PREFIX):])
-        return _with_pad(tokenizer, model, name)
-    path = resolve_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"could not load the causal language model '{name}': {str(e)[:300]}. Offline? Download it once where "
-            "there is a network (`hf download gpt2`, then set HF_HUB_OFFLINE=1) or point the config "
-            "(augment.lm.model / augment.generate.model) at a local folder with config.json and the weights."
-        ) from None
-    return _with_pad(tokenizer, model, name)
-
-
-def _with_pad(tokenizer, model, name: str):
-    if tokenizer.eos_token_id is None:
-        raise ModelError(f"the tokenizer of '{name}' has no EOS token; lorafit needs one to separate texts. "
-                         "Set tokenizer.eos_token in its tokenizer_config.json.")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model
-
-
-SCRATCH_PREFIX = "scratch:"
-
-
-def scratch_gpt2(tokenizer_name: str, n_layer: int = 2, n_embd: int = 128, n_head: int = 4):
-    """A small randomly initialised GPT-2 over the tokenizer of ``tokenizer_name``.
-
-    For machines with no pretrained causal LM (``augment.lm.model: scratch:minilm``): adaptation
-    then trains it from scratch on the target texts, which exercises the whole augmentation path
-    offline but writes far worse text than a pretrained GPT-2 adapted for two epochs.
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer_name))
-    if tokenizer.eos_token is None:  # BERT-style tokenizers: [SEP] ends a text
-        tokenizer.eos_token = tokenizer.sep_token
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    log.info("LM: a %d-layer GPT-2 (hidden %d) initialised at random over the '%s' tokenizer "
-             "(no pretrained causal LM requested)", n_layer, n_embd, tokenizer_name)
-    return tokenizer, GPT2LMHeadModel(cfg)
+def format_texts(tokenizer, texts: Sequence[str], text_format: str, instruction: str) -> list[str]:
+    """The texts as the LM trains on them: ``plain`` (as they are) or ``chat`` (each one the
+    assistant's answer to ``instruction`` in the tokenizer's chat template, so an instruction-tuned
+    LM keeps following prompts while it learns the target texts' style)."""
+    if text_format == "plain":
+        return list(texts)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("config key 'augment.lm.format': 'chat' needs a tokenizer with a chat template, and this "
+                          "LM's has none; use format: plain")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": instruction},
+                                           {"role": "assistant", "content": t}], tokenize=False) for t in texts]
 
 
 def pack_texts(tokenizer, texts: Sequence[str], block_size: int) -> tuple[datasets.Dataset, dict]:
@@ -126,15 +81,33 @@ def pack_texts(tokenizer, texts: Sequence[str], block_size: int) -> tuple[datase
     return datasets.Dataset.from_dict({"input_ids": blocks.tolist()}), stats
 
 
+def split_heldout(texts: list[str], fraction: float, seed: int, cap: int = 200) -> tuple[list[str], list[str]]:
+    """(train, held-out) texts: a seeded ``fraction`` of them (at most ``cap``) kept out of training to
+    measure the perplexity before and after adaptation; none when there are fewer than 20 texts."""
+    if fraction <= 0 or len(texts) < 20:
+        return texts, []
+    n = min(cap, max(1, round(fraction * len(texts))))
+    order = np.random.default_rng(seed).permutation(len(texts))
+    held = set(order[:n].tolist())
+    return [t for i, t in enumerate(texts) if i not in held], [texts[i] for i in sorted(held)]
+
+
 def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | str, epochs: float = 2,
                          block_size: int = 256, batch_size: int = 8, learning_rate: float = 5e-5, seed: int = 42,
                          max_steps: int = -1, precision: str = "auto", save_steps: int = 500,
-                         keep_checkpoints: bool = False) -> Path:
-    """Fine-tune the causal LM ``model`` (Hub id or folder) on ``texts``; return ``output_dir/model``.
+                         keep_checkpoints: bool = False, method: str = "full", lora_r: int = 16,
+                         lora_alpha: int = 32, lora_target_modules="all-linear", heldout: float = 0.05,
+                         text_format: str = "plain", instruction: str = "Write a short news text.",
+                         trust_remote_code: bool = False) -> Path:
+    """Fine-tune the causal LM ``model`` on ``texts``; return ``output_dir/model``.
 
-    ``max_steps`` > 0 overrides ``epochs``. ``precision``: auto|bf16|fp16|fp32. A checkpoint is
-    written every ``save_steps`` steps to ``output_dir/checkpoints``; a rerun resumes from the last
-    one. Once the final model is saved they are removed, unless ``keep_checkpoints``.
+    ``method``: ``full`` (every weight) or ``lora`` (a LoRA adapter of rank ``lora_r`` on
+    ``lora_target_modules``, merged into the weights when training ends, so the saved model is
+    an ordinary checkpoint). ``max_steps`` > 0 overrides ``epochs``. ``precision``:
+    auto|bf16|fp16|fp32. ``heldout``: the fraction of texts kept out to measure perplexity before and
+    after (in ``train_log.json``). ``text_format``: ``plain`` or ``chat`` (see :func:`format_texts`).
+    A checkpoint is written every ``save_steps`` steps to ``output_dir/checkpoints``; a rerun resumes
+    from the last one. Once the final model is saved they are removed, unless ``keep_checkpoints``.
     """
     output_dir = Path(output_dir)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -142,18 +115,30 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
         raise DataError("the target set has no non-empty texts to adapt the language model on. Set data.target to "
                         "the unlabeled target texts, or disable augment.lm.")
     set_seed(seed)
-    tokenizer, lm = load_causal_lm(model)
+    tokenizer, lm = load_causal_lm(model, trust_remote_code=trust_remote_code)
+    generator = describe_causal_lm(model, lm)
     max_positions = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
     if max_positions and block_size > max_positions:
         log.warning("augment.lm.block_size %d exceeds the %d positions of '%s'; using %d",
                     block_size, max_positions, model, max_positions)
         block_size = max_positions
-    train_ds, stats = pack_texts(tokenizer, texts, block_size)
-    log.info("LM adaptation on %d texts: %d tokens in %d blocks of %d (%d dropped)", stats["texts"],
-             stats["tokens"], stats["blocks"], stats["block_size"], stats["tokens_dropped"])
+    train_texts, held_texts = split_heldout(texts, heldout, seed)
+    train_ds, stats = pack_texts(tokenizer, format_texts(tokenizer, train_texts, text_format, instruction), block_size)
+    held_blocks = (pack_texts(tokenizer, format_texts(tokenizer, held_texts, text_format, instruction),
+                              block_size)[0]["input_ids"] if held_texts else [])
+    log.info("LM adaptation (%s) on %d texts: %d tokens in %d blocks of %d (%d dropped); %d texts held out",
+             method, stats["texts"], stats["tokens"], stats["blocks"], stats["block_size"], stats["tokens_dropped"],
+             len(held_texts))
 
     prec = pick_precision(precision)
     cuda = torch.cuda.is_available()
+    ppl_before = perplexity(lm, held_blocks) if held_blocks else None
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha,
+                                           lora_dropout=0.0, target_modules=lora_target_modules))
+    trainable = int(sum(p.numel() for p in lm.parameters() if p.requires_grad))
     ckpt_dir = output_dir / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -185,13 +170,26 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
     start = time.time()
     result = trainer.train(resume_from_checkpoint=last)
     wall = time.time() - start
+    adapted = lm.merge_and_unload() if method == "lora" else lm
+    ppl_after = perplexity(adapted, held_blocks) if held_blocks else None
+    if ppl_before is not None:
+        log.info("held-out target perplexity: %.2f before, %.2f after adaptation", ppl_before, ppl_after)
 
     with atomic_path(output_dir / "model") as tmp:
-        trainer.save_model(str(tmp))
+        adapted.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     atomic_write_json(output_dir / "train_log.json", {
         "model": model,
+        "generator": generator,
+        "method": method,
+        "format": text_format,
+        **({"instruction": instruction} if text_format == "chat" else {}),
+        **({"lora": {"r": lora_r, "lora_alpha": lora_alpha, "target_modules": lora_target_modules}}
+           if method == "lora" else {}),
+        "trainable_parameters": trainable,
         **stats,
+        "heldout_texts": len(held_texts),
+        "heldout_perplexity": {"before": ppl_before, "after": ppl_after},
         "epochs": epochs,
         "max_steps": max_steps,
         "batch_size": batch_size,
@@ -206,6 +204,6 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
         "log_history": trainer.state.log_history,
     })
     if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the finished model supersedes them
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the finished model supersedes them (inside lorafit's folder)
     log.info("adapted LM saved to %s (%d steps, %.1f s)", output_dir / "model", trainer.state.global_step, wall)
     return output_dir / "model"
