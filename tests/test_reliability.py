@@ -268,3 +268,68 @@ def test_shuffled_target_with_ids_and_an_empty_text_is_submitted_under_its_own_i
     assert list(got) == [f"row-{i}" for i in order] + ["empty-one"]  # the file's IDs, in its order
     assert all(got[f"row-{i}"] == by_id[f"t{i:02d}"] for i in range(len(texts)))  # each ID kept its text's label
     assert got["empty-one"] in {"0", "1", "2", "3"}  # the empty text is predicted, not refused
+
+
+# ------------------------------------------------------------------ item 9: one process per run folder
+
+
+HOLD = ("import sys, time\n"
+        "from lorafit.io_utils import lock_folder\n"
+        "lock_folder(sys.argv[1], 'run folder')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n")
+
+
+@pytest.fixture()
+def holder():
+    """Start a process that takes a folder's lock the way `lorafit run` does, and hold it."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def start(folder: Path) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_first(trained_run, tmp_path, holder):
+    import time
+
+    run = copy_run(trained_run, tmp_path)
+    inp = {**trained_run, "runs": tmp_path / "runs"}
+    extra = {"predict.prior": "uniform", "selftrain.select_after_prior": "true"}
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    first = holder(run)
+    for command in (run_args(inp, **extra),  # lorafit run, and the stages that write a run folder alone
+                    ["adapt-lm", inp["config"], *run_args(inp)[2:]], ["generate", inp["config"], *run_args(inp)[2:]]):
+        t0 = time.perf_counter()
+        result = invoke(*command)
+        one_line_error(result, 2, f"'{run}' is in use by another lorafit process: pid {first.pid} on ",
+                       "lorafit")
+        assert time.perf_counter() - t0 < 5  # refused before the data and the model are loaded
+    # nothing in the folder was touched
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lorafit.lock"} == \
+           {p: t for p, t in before.items() if p.name != ".lorafit.lock"}
+    # the holder dies without cleaning up: its lock is stale and taken over at once
+    first.kill()
+    first.wait()
+    assert (run / ".lorafit.lock").is_file()
+    from lorafit.io_utils import lock_folder, release_folder
+
+    lock = lock_folder(run, "run folder")
+    import os
+
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    release_folder(run)
+    assert not lock.exists()
+    result = invoke(*run_args(inp, **extra))  # and a run proceeds
+    assert result.exit_code == 0, result.output
+    assert not (run / ".lorafit.lock").exists()  # released when the run is done

@@ -380,8 +380,9 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
         from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
 
+        from lorafit.io_utils import lock_folder
         cfg = _load(config, overrides or [])
-        claim_run_dir(cfg)
+        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
         data = prepare_data(cfg)
         if data.target is None:
             _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
@@ -402,8 +403,10 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
         from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
 
+        from lorafit.io_utils import lock_folder
         cfg = _load(config, overrides or [])
-        claim_run_dir(cfg)
+        # one writer at a time; the processes of one job each hold the lock of their rank
+        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)", rank=int(os.environ.get("RANK", 0)))
         data = prepare_data(cfg)
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world)

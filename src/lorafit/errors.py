@@ -41,6 +41,10 @@ class WordNetError(LorafitError, RuntimeError):
     """WordNet data cannot be found or read; the message names the path and the fix."""
 
 
+class FolderInUseError(LorafitError, RuntimeError):
+    """Another live lorafit process holds the lock of an output folder; the message names it."""
+
+
 class TrainingDiverged(LorafitError, RuntimeError):
     """The training loss (or a trained weight) became NaN or infinite; training stopped there."""
 

@@ -11,6 +11,7 @@ checkpoints, safetensors, torch.save).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import json
@@ -30,7 +31,7 @@ _FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28
 _TORCH_WRITE_FAILED = ("pytorchstreamwriter failed", "unexpected pos", "iostream error", "file write failed")
 
 
-from lorafit.errors import DiskFullError, OutputError  # noqa: E402  (DiskFullError re-exported)
+from lorafit.errors import DiskFullError, FolderInUseError, OutputError  # noqa: E402  (DiskFullError re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -344,3 +345,130 @@ def remove_ours(folder: os.PathLike | str, what: str, legacy=None) -> None:
     p = check_ours(folder, what, legacy)
     if p.exists():
         shutil.rmtree(p)
+
+
+# ------------------------------------------------------------------ one writer per folder
+# A process that writes a run folder (`lorafit run`, `adapt-lm`, `generate`) holds an advisory lock
+# (flock) on a file in it that names the process. The kernel drops the lock when the process ends,
+# however it ends, so a lock left by a dead process is taken over at once; a second process is
+# refused with one line naming the first. The lock file is replaced on take-over, and a holder
+# checks that the file it locked is still the one at the path (a take-over races with the unlink
+# at exit otherwise).
+LOCK = ".lorafit.lock"
+_held: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, inode) held by this process
+
+
+def _lock_path(folder: Path, rank: int) -> Path:
+    return folder / (LOCK if rank == 0 else f"{LOCK}.{rank}")
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at ``path``, as its file says."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return (f"pid {info['pid']} on {info['host']} ({info.get('command', 'lorafit')}, since "
+                f"{info.get('since', '?')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+def _in_use(what: str, folder, path: Path) -> FolderInUseError:
+    return FolderInUseError(f"{what} '{folder}' is in use by another lorafit process: {_holder(path)}. Wait for it "
+                            "to finish or stop it, or use another folder (name=): two processes writing one folder "
+                            "would mix their files")
+
+
+def _still_held(path: Path) -> bool:
+    held = _held.get(path)
+    if held is None:
+        return False
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == held[1]:
+            return True
+    os.close(held[0])  # the folder was replaced (--fresh) or the file removed: lock the new one
+    del _held[path]
+    return False
+
+
+def lock_folder(folder: os.PathLike | str, what: str, rank: int = 0) -> Path:
+    """Hold the lock of output ``folder`` (an existing folder lorafit made) until this process ends;
+    return the lock file. Raises :class:`FolderInUseError` naming the holder when another live
+    process holds it. Taking it again in the same process is a no-op. ``rank``: each process of a
+    job that splits the work (``lorafit generate`` under torchrun) holds a lock of its own."""
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    path = _lock_path(Path(os.path.abspath(folder)), rank)
+    if _still_held(path):
+        return path
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(what, folder, path) from None
+        except OSError:
+            os.close(fd)
+            raise
+        st = os.fstat(fd)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == st.st_ino:
+                break
+        os.close(fd)  # the holder unlinked it as we opened it: lock the file now at the path
+    else:
+        raise FolderInUseError(f"{what} '{folder}': could not take its lock file '{path}'")
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(["lorafit", *sys.argv[1:3]]) if sys.argv else "lorafit",
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode())
+    _held[path] = (fd, st.st_ino)
+    return path
+
+
+def check_unlocked(folder: os.PathLike | str, what: str, rank: int = 0) -> None:
+    """Raise :class:`FolderInUseError` if another live process holds ``folder``'s lock (see
+    :func:`lock_folder`); nothing is written. For a check before a long stage, so the second of two
+    processes fails in a second rather than after loading its model."""
+    import fcntl
+
+    path = _lock_path(Path(os.path.abspath(folder)), rank)
+    if _still_held(path) or not path.is_file():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(what, folder, path) from None
+    finally:
+        os.close(fd)
+
+
+def release_folder(folder: os.PathLike | str, rank: int = 0) -> None:
+    """Drop this process's lock of ``folder`` (see :func:`lock_folder`) and remove its lock file."""
+    _release(_lock_path(Path(os.path.abspath(folder)), rank))
+
+
+def release_folder_locks() -> None:
+    """Drop every lock this process holds and remove its lock files (at exit)."""
+    for path in list(_held):
+        _release(path)
+
+
+def _release(path: Path) -> None:
+    if path in _held:
+        fd, ino = _held.pop(path)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+atexit.register(release_folder_locks)

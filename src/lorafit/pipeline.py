@@ -27,7 +27,8 @@ from lorafit.augment import (augment_training_data, augmentation_enabled, check_
 from lorafit.budget import check_budget
 from lorafit.config import Config, save_config
 from lorafit.data import PreparedData, load_labeled, prepare_data
-from lorafit.io_utils import atomic_write_json, atomic_write_text, mark_ours, remove_ours, save_dataset
+from lorafit.io_utils import (atomic_write_json, atomic_write_text, check_unlocked, is_ours, lock_folder, mark_ours,
+                              release_folder, remove_ours, save_dataset)
 from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
 from lorafit.inference import predict_with_config
@@ -40,6 +41,8 @@ from lorafit.selftrain import SelfTrainResult, self_train
 from lorafit.train import TrainedAdapters, save_trained, train_adapters, train_model, with_teacher_logits
 
 log = logging.getLogger(__name__)
+
+RUN_FOLDER = "run folder (output_dir/name)"
 
 
 def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = False,
@@ -54,6 +57,8 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
     timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds
     run_dir = check_run_dir(cfg, fresh)  # writable, and not another adapter shape's run folder
+    if int(os.environ.get("RANK", "0")) == 0:  # another process writing this folder: refused now, not after loading
+        check_unlocked(run_dir, RUN_FOLDER)
     data = prepared or prepare_data(cfg)  # a bad data file fails here, before the model stack loads
     log.info("data: %s", data.stats)
     timer.lap("data" if prepared is None else "startup")  # startup: the model stack's imports after the CLI's data
@@ -113,6 +118,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
             ids=data.target["id"] if "id" in data.target.column_names else None)
         timer.lap("predict")
     finish_run(cfg, run_dir, metrics, timer, data.target)
+    release_folder(run_dir)
     return metrics
 
 
@@ -133,9 +139,12 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
         check_augmentation_ready(cfg, run_dir)
     if is_main:
         if fresh and run_dir.exists():
+            if is_ours(run_dir):  # not while another process runs in it
+                lock_folder(run_dir, RUN_FOLDER)
             log.info("--fresh: removing the previous run in %s", run_dir)
             remove_ours(run_dir, "run folder (output_dir/name)", legacy=is_legacy_run)
         mark_ours(run_dir, "run")
+        lock_folder(run_dir, RUN_FOLDER)  # held until this process ends: a second run here is refused
         save_config(cfg, run_dir / "config.yaml")
     return is_main
 
