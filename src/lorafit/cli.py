@@ -1,7 +1,9 @@
 """The ``lorafit`` command line: one command per stage, plus ``run`` for a whole config.
 
-The CLI only parses arguments and calls the stage modules; errors about inputs are printed as one
-paragraph naming the file/row/key, with a non-zero exit code and no traceback.
+The CLI only parses arguments and calls the library; lorafit's own errors (``LorafitError``: a
+config, data, model or output the user can fix) are printed as one line naming the file/row/key,
+with a non-zero exit code and no traceback. Any other exception is a bug: its traceback is shown
+and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def _os_error_message(e: OSError) -> str:
 
 
 def _guarded(fn):
-    """Run a command; every error a user can cause becomes one line on stderr and an exit code
-    (2 input, 3 over budget, 130 interrupted), with no traceback. Nothing heavy is imported here,
-    so a bad config fails before torch loads."""
+    """Run a command; every error a user can cause (a :class:`LorafitError`, or a file they named
+    that cannot be read or written) becomes one line on stderr and an exit code (2 input, 3 over
+    budget, 130 interrupted), with no traceback. Anything else is a bug and keeps its traceback
+    (exit 1). Nothing heavy is imported here, so a bad config fails before torch loads."""
     from lorafit.errors import LorafitError
     from lorafit.io_utils import as_disk_full
 
@@ -65,8 +68,6 @@ def _guarded(fn):
               "command again to continue from the saved stages and checkpoints", EXIT_INTERRUPTED)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         _fail(_os_error_message(e))
-    except ValueError as e:  # validation errors raised by stages carry actionable messages
-        _fail(str(e))
     except Exception as e:  # a full disk inside Trainer/safetensors/torch writers has no errno
         full = as_disk_full(e)
         if full is None:
@@ -379,8 +380,8 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
         from lorafit.augment import adapt_lm_stage
         from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
-
         from lorafit.io_utils import lock_folder
+
         cfg = _load(config, overrides or [])
         lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
         data = prepare_data(cfg)
@@ -402,8 +403,8 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
         from lorafit.augment import generate_stage
         from lorafit.runs import claim_run_dir
         from lorafit.data import prepare_data
-
         from lorafit.io_utils import lock_folder
+
         cfg = _load(config, overrides or [])
         # one writer at a time; the processes of one job each hold the lock of their rank
         lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)", rank=int(os.environ.get("RANK", 0)))

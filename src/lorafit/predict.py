@@ -32,7 +32,7 @@ def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Opt
     """Write ``ID,Label`` atomically; ID = the target set's own IDs (``ids``, in its row order) or
     else its row index."""
     if expected_rows is not None and len(labels) != expected_rows:
-        raise ValueError(f"submission has {len(labels)} predictions but the target set has {expected_rows} rows; "
+        raise DataError(f"submission has {len(labels)} predictions but the target set has {expected_rows} rows; "
                          "the target set changed since prediction; rerun `lorafit predict`.")
     if ids is not None and len(ids) != len(labels):
         raise ValueError(f"submission has {len(labels)} predictions but {len(ids)} IDs")

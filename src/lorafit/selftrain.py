@@ -41,7 +41,7 @@ import numpy as np
 from scipy.special import softmax
 
 from lorafit.augment.select import apply_disagreement, teacher_disagreement
-from lorafit.config import Config, SelfTrainConfig
+from lorafit.config import Config, ConfigError, SelfTrainConfig
 from lorafit.model import adapter_names, base_differences, build_model, copy_adapter
 from lorafit.inference import ensemble_logits, predict_with_config
 from lorafit.predict import label_prior
@@ -244,7 +244,7 @@ def judge_synthetic(cfg: Config, teacher, tokenizer, rows: datasets.Dataset) -> 
     rows with the training columns, and the counts for the round's record."""
     st, k = cfg.selftrain, len(cfg.data.labels)
     if "synthetic" not in rows.column_names:
-        raise ValueError("selftrain.synthetic needs the training set's synthetic column (augment.generate or "
+        raise ConfigError("selftrain.synthetic needs the training set's synthetic column (augment.generate or "
                          "augment.extra rows)")
     synthetic = np.flatnonzero(np.asarray(rows["synthetic"][:], dtype=int) == 1)
     labels = np.asarray(rows["label"][:], dtype=int)

@@ -33,7 +33,7 @@ from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.quality import fit_judge, sample_quality
 from lorafit.augment.select import select_samples
 from lorafit.augment.synonyms import synonym_augment
-from lorafit.errors import WordNetError
+from lorafit.errors import DataError, WordNetError
 from lorafit.text import synonym_finder
 from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
@@ -149,10 +149,10 @@ def check_augmentation_ready(cfg: Config, run_dir: Path) -> None:
     race on the same folders): under torchrun those stages run first, in their own commands."""
     a = cfg.augment
     if a.lm.enabled and not (lm_output_dir(cfg, run_dir) / "model" / "config.json").is_file():
-        raise ValueError("augment.lm is enabled but the adapted LM is not on disk yet; under several processes run "
+        raise DataError("augment.lm is enabled but the adapted LM is not on disk yet; under several processes run "
                          "`lorafit adapt-lm CONFIG` first (one process), then this command.")
     if a.generate.enabled and not (Path(run_dir) / "synthetic" / "samples.jsonl").is_file():
-        raise ValueError("augment.generate is enabled but the samples are not on disk yet; run "
+        raise DataError("augment.generate is enabled but the samples are not on disk yet; run "
                          "`torchrun --nproc_per_node=N -m lorafit.cli generate CONFIG` first, then this command.")
 
 
