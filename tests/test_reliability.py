@@ -333,3 +333,39 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_first(trained_ru
     result = invoke(*run_args(inp, **extra))  # and a run proceeds
     assert result.exit_code == 0, result.output
     assert not (run / ".lorafit.lock").exists()  # released when the run is done
+
+
+# ------------------------------------------------------------------ item 12: a full disk that is not the working directory's
+
+
+def test_disk_full_during_a_checkpoint_on_another_filesystem_is_one_line(tiny_inputs, monkeypatch):
+    """torch.save's C++ writer reports a full disk without an errno; the check of free space must
+    look at the disk of the run folder (here full), not the working directory's (here roomy)."""
+    import shutil
+
+    import torch
+
+    from lorafit import io_utils
+
+    runs = tiny_inputs["runs"].resolve()
+
+    class OtherDisks:  # the run folder's filesystem has 1 MiB left; the working directory's plenty
+        def __getattr__(self, name):
+            return getattr(shutil, name)
+
+        @staticmethod
+        def disk_usage(p):
+            real = shutil.disk_usage(p)
+            if Path(p).resolve() == runs or runs in Path(p).resolve().parents:
+                return type(real)(real.total, real.total - 2**20, 2**20)
+            return real
+
+    def cut_off(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(io_utils, "shutil", OtherDisks())
+    monkeypatch.setattr(torch, "save", cut_off)
+    result = invoke(*run_args(tiny_inputs, **{"train.epochs": 1}))
+    err = one_line_error(result, 2, "no space left on the device", f"'{runs / 'tiny'}'", "(free: 1.0 MiB)")
+    assert "working directory" not in err

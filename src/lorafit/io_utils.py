@@ -97,13 +97,34 @@ def _is_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _FULL_ERRNOS
 
 
+# the output folders this process writes (noted by lock_folder), newest last: where a full disk is
+# looked for when an error does not say which file it was writing
+_output_folders: list[Path] = []
+
+
+def note_output_folder(folder: os.PathLike | str) -> None:
+    """Remember that this process writes into ``folder`` (see :func:`as_disk_full`)."""
+    p = Path(os.path.abspath(folder))
+    if p in _output_folders:
+        _output_folders.remove(p)
+    _output_folders.append(p)
+
+
 def as_disk_full(exc: BaseException, path: Optional[os.PathLike | str] = None,
                  min_free: int = 16 * 2**20) -> Optional[DiskFullError]:
     """A :class:`DiskFullError` if ``exc`` (or an exception it was raised from) means the disk is full,
     else None. Recognises ENOSPC/EDQUOT errnos, the messages of writers that drop the errno
     (safetensors), and torch.save's errno-less C++ write failures when the disk holding ``path``
-    (default: the working directory) has less than ``min_free`` bytes left. Used by the CLI to print
-    one paragraph instead of a traceback, whatever library was writing."""
+    has less than ``min_free`` bytes left (default: the disks of the output folders this process
+    writes, :func:`note_output_folder`, then the working directory's: a run's output_dir is often
+    on another disk). Used by the CLI to print one paragraph instead of a traceback, whatever
+    library was writing."""
+    if path is None and _output_folders:
+        places = [*reversed(_output_folders), Path.cwd()]
+        path_or_folder = _output_folders[-1]
+    else:
+        places = [Path(path) if path is not None else Path.cwd()]
+        path_or_folder = path
     seen = set()
     e: Optional[BaseException] = exc
     torch_write_failed = False
@@ -112,16 +133,17 @@ def as_disk_full(exc: BaseException, path: Optional[os.PathLike | str] = None,
         if isinstance(e, DiskFullError):
             return e
         if _is_full(e):
-            return _disk_full(getattr(e, "filename", None) or path, e)
+            return _disk_full(getattr(e, "filename", None) or path_or_folder, e)
         msg = str(e).lower()
         if any(m in msg for m in _FULL_MESSAGES):
-            return _disk_full(path, e)
+            return _disk_full(path_or_folder, e)
         torch_write_failed |= isinstance(e, RuntimeError) and any(m in msg for m in _TORCH_WRITE_FAILED)
         e = e.__cause__ or e.__context__
     if torch_write_failed:
-        with contextlib.suppress(OSError):
-            if shutil.disk_usage(_existing(Path(path) if path is not None else Path.cwd())).free < min_free:
-                return _disk_full(path, exc)
+        for place in places:
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(_existing(place)).free < min_free:
+                    return _disk_full(path if path is not None or place == Path.cwd() else place, exc)
     return None
 
 
@@ -426,6 +448,7 @@ def lock_folder(folder: os.PathLike | str, what: str, rank: int = 0) -> Path:
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(info) + "\n").encode())
     _held[path] = (fd, st.st_ino)
+    note_output_folder(folder)  # a full disk is looked for there too (as_disk_full)
     return path
 
 
