@@ -181,6 +181,23 @@ def test_end_to_end_with_consistency_and_selftrain(tiny_roberta_dir, csvs, tmp_p
     assert math.isfinite(m["val_accuracy"]) and (tmp_path / "runs" / "tiny" / "curves.png").is_file()
 
 
+def test_end_to_end_loss_is_supervised_plus_weight_times_consistency(tiny_roberta_dir, csvs, tmp_path):
+    """The same run with consistency weights 0 and 2: the first step sees the same batch from the same
+    weights, so its logged loss differs by exactly 2 x the consistency loss (the weight is applied)."""
+    from lorafit.pipeline import run
+
+    first = {}
+    for w in (0, 2):
+        cfg = _run_cfg(tiny_roberta_dir, csvs, tmp_path / f"runs-{w}", "train.max_steps=2", "train.logging_steps=1",
+                       f"train.consistency.weight={w}")
+        run(cfg)
+        log = json.loads((tmp_path / f"runs-{w}" / "tiny" / "train_log.json").read_text())
+        first[w] = next(h for h in log if "consistency_loss" in h and h.get("step") == 1)
+    c = first[2]["consistency_loss"]
+    assert c > 0.01 and first[0]["consistency_loss"] == pytest.approx(c, rel=1e-4)
+    assert first[2]["loss"] == pytest.approx(first[0]["loss"] + 2 * c, abs=2e-3)
+
+
 def test_consistency_needs_target_texts(tiny_roberta_dir, tiny_csvs, tmp_path):
     from lorafit.pipeline import run
 

@@ -71,6 +71,16 @@ def test_select_pseudo_labels_balances_classes_and_takes_most_confident():
     assert keep.size == 0
 
 
+def test_a_pseudo_label_exactly_at_the_threshold_is_kept():
+    """``selftrain.threshold`` is the least confidence kept (>=), as documented: a row whose top
+    probability equals it is a pseudo-label, one just below is not."""
+    probs = np.array([[0.8, 0.2], [0.2, 0.8], [0.79, 0.21], [0.3, 0.7]])
+    keep, info = select_pseudo_labels(probs, threshold=0.8, per_class_cap=5)
+    assert keep.tolist() == [0, 1] and info["confident_per_class"] == [1, 1]
+    keep, _ = select_pseudo_labels(probs, threshold=0.79, per_class_cap=5)
+    assert keep.tolist() == [0, 1, 2]
+
+
 def test_pseudo_labeled_set_columns():
     probs = np.array([[0.95, 0.05], [0.02, 0.98], [0.6, 0.4]])
     st = SelfTrainConfig(enabled=True, threshold=0.9, weight=0.5, soft_labels=True)
