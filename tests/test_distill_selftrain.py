@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,15 @@ from conftest import tiny_overrides
 from lorafit.config import SelfTrainConfig, load_config, merge_overrides
 from lorafit.selftrain import pseudo_labeled_set, select_pseudo_labels, with_training_columns
 from lorafit.train import lorafit_loss
+
+
+def _by_stage(main, rounds):
+    """A stand-in for ``lorafit.train.train_model`` that hands the main training to ``main`` and the
+    self-training rounds (checkpoints in ``<run>/selftrain/round-N``) to ``rounds``."""
+    def fit(cfg, model, tokenizer, train_ds, val_ds, out_dir, *a, **kw):
+        chosen = rounds if "selftrain" in Path(out_dir).parts else main
+        return chosen(cfg, model, tokenizer, train_ds, val_ds, out_dir, *a, **kw)
+    return fit
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread per test module
@@ -172,6 +182,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
 
     import lorafit.pipeline as pipeline
     import lorafit.selftrain as selftrain
+    import lorafit.train as train
     from conftest import write_extra_csv
     from lorafit.cli import app
     from lorafit.data import prepare_data
@@ -188,7 +199,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
         "predict.prior=uniform"]))
 
     seen = {"main": [], "rounds": []}
-    real_main, real_round = pipeline.train_model, selftrain.train_model
+    real_main = real_round = train.train_model
 
     def main_train(cfg_, model, *a, **kw):
         trainer = real_main(cfg_, model, *a, **kw)
@@ -205,8 +216,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
                                "pseudo_labels": [train_ds["label"][i] for i in pseudo], "tokenizer": tokenizer})
         return trainer
 
-    monkeypatch.setattr(pipeline, "train_model", main_train)
-    monkeypatch.setattr(selftrain, "train_model", round_train)
+    monkeypatch.setattr(train, "train_model", _by_stage(main_train, round_train))
     m = pipeline.run(cfg)
 
     (teacher, teacher_end), = seen["main"]
@@ -276,6 +286,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
 
     import lorafit.pipeline as pipeline
     import lorafit.selftrain as selftrain
+    import lorafit.train as train
     from conftest import write_extra_csv
     from lorafit.data import prepare_data
     from lorafit.inference import ensemble_logits, predict_with_config
@@ -287,7 +298,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
         "selftrain.per_class_cap=2", "selftrain.epochs=1", "selftrain.round_teacher=ensemble",
         "selftrain.ensemble_teacher=true", "selftrain.synthetic=relabel", "selftrain.synthetic_confidence=0.0"]))
     seen = {"main": [], "rounds": [], "chosen": [], "judges": []}
-    real_main, real_round = pipeline.train_model, selftrain.train_model
+    real_main = real_round = train.train_model
     real_pseudo, real_judge = selftrain.pseudo_labeled_set, selftrain.judge_synthetic
 
     def main_train(cfg_, model, *a, **kw):
@@ -306,7 +317,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
         seen["judges"].append(teacher)
         return real_judge(cfg_, teacher, tokenizer, rows)
 
-    for mod, name, fn in ((pipeline, "train_model", main_train), (selftrain, "train_model", round_train),
+    for mod, name, fn in ((train, "train_model", _by_stage(main_train, round_train)),
                           (selftrain, "pseudo_labeled_set", pseudo), (selftrain, "judge_synthetic", judge)):
         monkeypatch.setattr(mod, name, fn)
     m = pipeline.run(cfg)

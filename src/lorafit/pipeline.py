@@ -38,7 +38,7 @@ from lorafit.runs import check_run_dir, is_legacy_run
 from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves,
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
-from lorafit.train import TrainedAdapters, save_trained, train_adapters, train_model, with_teacher_logits
+from lorafit.train import TrainedAdapters, save_trained, train_adapters, with_teacher_logits
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
     unlabeled = data.target["text"][:] if cfg.train.consistency.enabled else None  # checked: there is a target
     trained = train_adapters(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", cfg.train.adapters,
-                             callbacks=callbacks, fit=train_model, unlabeled=unlabeled)
+                             callbacks=callbacks, unlabeled=unlabeled)
     train_seconds = time.time() - start
     timer.lap("train")
     selftrain = SelfTrainResult()

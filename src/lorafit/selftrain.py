@@ -47,7 +47,7 @@ from lorafit.inference import ensemble_logits, predict_with_config
 from lorafit.predict import label_prior
 from lorafit.prior import adjust_predictions, carry_adjustment
 from lorafit.metrics import distribution
-from lorafit.train import train_adapters, train_model, with_teacher_logits
+from lorafit.train import train_adapters, with_teacher_logits
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         trained = train_adapters(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
                                  Path(run_dir) / "selftrain" / f"round-{r}",
                                  st.students if st.mode == "student" else cfg.train.adapters, epochs=st.epochs,
-                                 fit=train_model, unlabeled=target_texts if st.consistency else None)
+                                 unlabeled=target_texts if st.consistency else None)
         result.history += [{**h, "selftrain_round": r} for h in trained.history]
         logits = last_logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
         after = logits.argmax(1)

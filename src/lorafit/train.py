@@ -546,16 +546,15 @@ def adapter_seed(cfg: Config, i: int) -> int:
 
 def train_adapters(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
                    out_dir: Path, count: int = 1, epochs: Optional[float] = None, callbacks: Optional[list] = None,
-                   fit=None, **kwargs) -> TrainedAdapters:
+                   **kwargs) -> TrainedAdapters:
     """Train ``count`` adapters of PEFT ``model`` one after another on its frozen base (see
     :func:`train_model`; ``kwargs`` go to it): ``default`` (with ``cfg.seed``, checkpoints in
     ``out_dir``), then ``adapter-i`` with :func:`adapter_seed` (added by
     :func:`lorafit.model.add_adapter` unless the model has it: its own LoRA, head and data order;
     checkpoints in ``out_dir/adapter-i``; each resumes). With ``train.average_checkpoints`` each is
     then replaced by the mean of its last checkpoints (:func:`average_checkpoints`).
-    ``callbacks`` apply to the first adapter's training only. ``fit``: the function that trains
-    one adapter (default :func:`train_model`). With ``count=1`` this is one ``fit`` call."""
-    fit = fit or train_model
+    ``callbacks`` apply to the first adapter's training only. With ``count=1`` this is one
+    :func:`train_model` call."""
     history, records, first = [], [], None
     for i in range(count):
         name = adapter_name(i)
@@ -566,7 +565,7 @@ def train_adapters(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, va
             model.set_adapter(name)  # the others are frozen; each checkpoint holds them all
             log.info("training adapter %s (%d of %d, seed %d)", name, i + 1, count, cfg_i.seed)
         folder = Path(out_dir) if i == 0 else Path(out_dir) / name
-        trainer = fit(cfg_i, model, tokenizer, train_ds, val_ds, folder, epochs=epochs,
+        trainer = train_model(cfg_i, model, tokenizer, train_ds, val_ds, folder, epochs=epochs,
                       callbacks=callbacks if i == 0 else None, **kwargs)
         first = first or trainer
         record = {"name": name, "seed": cfg_i.seed, "checkpoints": str(folder)}
