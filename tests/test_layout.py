@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorafit"
 # top to bottom; a module may import its own layer or a layer below, except stage -> other stage
 LAYERS = {
     "entry": {"lorafit", "cli"},
-    "recipe": {"pipeline", "selftrain", "search", "search_space"},
+    "recipe": {"pipeline", "selftrain", "search", "search_space", "search_results"},
     "stage": {"augment", "train", "predict", "report"},
     "core": {"data", "model", "budget", "inference", "metrics", "prior", "text", "precision", "io_utils",
              "errors", "config", "runs"},
