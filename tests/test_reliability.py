@@ -369,3 +369,81 @@ def test_disk_full_during_a_checkpoint_on_another_filesystem_is_one_line(tiny_in
     result = invoke(*run_args(tiny_inputs, **{"train.epochs": 1}))
     err = one_line_error(result, 2, "no space left on the device", f"'{runs / 'tiny'}'", "(free: 1.0 MiB)")
     assert "working directory" not in err
+
+
+# ------------------------------------------------------------------ item 14: damaged run state
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_target_probs_is_one_line_or_recomputed(trained_run, tmp_path, damage):
+    run = copy_run(trained_run, tmp_path)
+    probs = run / "target_probs.npz"
+    good = probs.read_bytes()
+    # "garbage" is what numpy takes for a pickle (its error advised allow_pickle=True)
+    bad = {"truncated": good[: len(good) // 2], "garbage": b"hello world" * 10, "empty": b""}[damage]
+    dev = trained_run["csvs"]["dev"]
+    for command in (["agreement", run, run], ["report", run],
+                    ["evaluate", run, dev, "--prior", "em", "--prior-fit", "target"]):
+        probs.write_bytes(bad)
+        err = one_line_error(invoke(*command), 2, f"{probs}: damaged, not a target_probs file lorafit wrote",
+                             f"lorafit predict {run}")
+        assert "allow_pickle" not in err and "pickle" not in err, err
+    # lorafit predict owns that cache: it computes the probabilities again and replaces the file
+    probs.write_bytes(bad)
+    out = tmp_path / "sub.csv"
+    result = invoke("predict", run, "-o", out)
+    assert result.exit_code == 0, result.output
+    with np.load(probs) as z, np.load(io_bytes(good)) as g:
+        assert z["probs"].shape == g["probs"].shape and str(z["digest"]) == str(g["digest"])
+    assert out.read_text() == (run / "submission.csv").read_text()  # the same prior, the same labels
+
+
+def io_bytes(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def test_damaged_or_missing_adapter_and_edited_labels_are_one_line(trained_run, tmp_path):
+    import yaml
+
+    run = copy_run(trained_run, tmp_path)
+    weights = run / "model" / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    predict = ["predict", run, "-o", tmp_path / "sub.csv", "--no-reuse-probs"]
+    weights.write_bytes(good[: len(good) // 2])
+    one_line_error(invoke(*predict), 2, f"{weights}: the run's trained model cannot be read", "damaged",
+                   f"lorafit run {run / 'config.yaml'}", "--fresh")
+    weights.unlink()
+    one_line_error(invoke(*predict), 2, f"{weights}: missing", "--fresh")
+    weights.write_bytes(good)
+    config = run / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    saved["data"]["labels"] = saved["data"]["labels"][:3]
+    saved["predict"]["prior"] = "none"
+    saved["selftrain"]["select_after_prior"] = False
+    config.write_text(yaml.safe_dump(saved, sort_keys=False))
+    one_line_error(invoke(*predict), 2, f"{config}: data.labels (3 classes)", "no longer match the trained model",
+                   "--fresh")
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_damaged_checkpoint_is_one_line_advising_fresh(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    inp = {**trained_run, "runs": tmp_path / "runs"}
+    last = max(run.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    weights = last / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # trainer_state.json intact: the checkpoint looks complete
+    result = invoke(*run_args(inp, **{"predict.prior": "uniform", "selftrain.select_after_prior": "true"}))
+    one_line_error(result, 2, f"resuming from checkpoint '{last}' failed", "damaged", "--fresh")
+
+
+def test_a_truncated_metrics_json_is_refused_not_taken_for_absent(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path)
+    metrics = run / "metrics.json"
+    metrics.write_text(metrics.read_text()[:200])
+    card, page = (run / "model" / "README.md").read_bytes(), (run / "report.html").read_bytes()
+    one_line_error(invoke("report", run), 2, f"{metrics}: damaged, the run's results cannot be read (not valid JSON",
+                   f"lorafit run {run / 'config.yaml'}")
+    assert (run / "model" / "README.md").read_bytes() == card and (run / "report.html").read_bytes() == page
+    one_line_error(invoke("compare", run, run), 2, f"{metrics}")

@@ -37,6 +37,11 @@ class RunConflictError(LorafitError, ValueError):
     """An existing run folder holds a run that the new config cannot continue."""
 
 
+class RunStateError(LorafitError, ValueError):
+    """A file of a run folder is missing, damaged (truncated, overwritten) or disagrees with the run's
+    config; the message names it and the way out (recompute it, rerun, or --fresh)."""
+
+
 class WordNetError(LorafitError, RuntimeError):
     """WordNet data cannot be found or read; the message names the path and the fix."""
 

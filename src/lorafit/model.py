@@ -21,7 +21,7 @@ from peft.utils import ModulesToSaveWrapper
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
 from lorafit.config import MINILM_ALIASES, Config, load_config
-from lorafit.errors import ModelError  # re-exported: lorafit.model.ModelError
+from lorafit.errors import ModelError, RunStateError  # re-exported: lorafit.model.ModelError
 from lorafit.precision import for_inference, inference_precision
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,37 @@ def require_trained_run(run_dir: Path | str) -> Path:
     if not (adapter / "adapter_config.json").is_file() or not (Path(run_dir) / "config.yaml").is_file():
         raise ModelError(f"{run_dir}: no trained model in it (expected config.yaml and {adapter}/adapter_config.json); "
                          "train it first with `lorafit run`.")
+    for folder in [adapter, *sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file())]:
+        if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ModelError(f"{folder / 'adapter_model.safetensors'}: missing, so the run's trained model is incomplete; "
+                             f"restore it, or run `lorafit run {Path(run_dir) / 'config.yaml'}` to save it again from "
+                             "the last checkpoint (--fresh trains anew)")
     return adapter
+
+
+def _load_adapters(cfg: Config, run_dir: Path, adapter: Path):
+    """The base model with the run's adapters, or a :class:`RunStateError` naming the run file at
+    fault: a damaged adapter file, or a config.yaml whose labels no longer match the trained head."""
+    model = base = load_base_model(cfg)
+    for sub in [adapter, *sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file())]:
+        try:
+            if model is base:
+                model = PeftModel.from_pretrained(base, str(adapter))
+            else:  # an ensemble: PEFT saves the others in sub-folders
+                model.load_adapter(str(sub), adapter_name=sub.name)
+        except Exception as e:  # noqa: BLE001  (SafetensorError, RuntimeError, OSError, ...: reported by file)
+            if "size mismatch" in str(e):
+                raise RunStateError(
+                    f"{run_dir / 'config.yaml'}: data.labels ({len(cfg.data.labels)} classes) or the model settings "
+                    f"no longer match the trained model in '{sub}' (its weights have other shapes); restore the "
+                    "config the run was trained with, or train again with --fresh") from None
+            weights = next((sub / f for f in ("adapter_model.safetensors", "adapter_model.bin")
+                            if (sub / f).is_file()), sub)
+            raise RunStateError(
+                f"{weights}: the run's trained model cannot be read ({type(e).__name__}: {str(e)[:120]}); the file is "
+                f"damaged: restore it, or run `lorafit run {run_dir / 'config.yaml'}` to save it again from the last "
+                "checkpoint (--fresh trains anew)") from None
+    return model
 
 
 def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
@@ -314,9 +344,7 @@ def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
     adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter))
-    for sub in sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file()):
-        model.load_adapter(str(sub), adapter_name=sub.name)  # an ensemble: PEFT saves the others in sub-folders
+    model = _load_adapters(cfg, run_dir, adapter)
     model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
     return model, tok, cfg

@@ -17,12 +17,13 @@ import numpy as np
 from scipy.special import softmax
 
 from lorafit.config import Config
-from lorafit.errors import DataError
+from lorafit.errors import DataError, RunStateError
 from lorafit.inference import predict_with_config
 from lorafit.io_utils import atomic_path, atomic_write_text, texts_digest
 from lorafit.metrics import distribution
 from lorafit.model import load_trained
 from lorafit.prior import adjust_predictions
+from lorafit.runs import read_target_probs as read_saved_target_probs
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +111,19 @@ def save_target_probs(path: Path, probs: np.ndarray, texts: Sequence[str]) -> No
 
 def read_target_probs(path: Path) -> tuple[np.ndarray, str]:
     """A run's saved target probabilities and the digest of the texts they were computed for;
-    a missing or unreadable file is a DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found; `lorafit predict {path.parent}` writes the run's target probabilities")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["probs"].astype(np.float64), str(z["digest"])
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path}: not a target_probs file ({e})") from e
+    a missing or damaged file is a RunStateError naming it (:func:`lorafit.runs.read_target_probs`)."""
+    return read_saved_target_probs(path)
 
 
 def load_target_probs(path: Path, texts: Sequence[str]) -> Optional[np.ndarray]:
-    """The saved probabilities, or None when absent or computed for other texts."""
+    """The saved probabilities, or None when absent or computed for other texts. A damaged file
+    (truncated, garbage) is also None, with a warning: it is this run's cache, computed again and
+    replaced."""
     if not Path(path).is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["digest"]) != texts_digest(texts):
-            return None
-        return z["probs"].astype(np.float64)
+    try:
+        probs, digest = read_saved_target_probs(path)
+    except RunStateError as e:
+        log.warning("%s; computing the target probabilities again", e)
+        return None
+    return probs if digest == texts_digest(texts) else None

@@ -23,6 +23,7 @@ import numpy as np
 from lorafit.config import flatten
 from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
 from lorafit.metrics import distribution
+from lorafit.runs import read_json_file, read_target_probs
 from lorafit.report_page import esc, page, pct, render_model_card, render_report, table
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,10 @@ def read_run(run_dir: Path | str) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such run folder", str(run_dir))
-    metrics = _read_json(run_dir / "metrics.json", {})
+    # a damaged metrics.json is refused, never taken for an absent one (the page and the model card
+    # would be written again without the run's results)
+    metrics = read_json_file(run_dir / "metrics.json", "results", f"restore it, or run `lorafit run "
+                             f"{run_dir / 'config.yaml'}` to write it again (training resumes from its last checkpoint)") or {}
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
@@ -323,10 +327,10 @@ def _target_probs(run_dir: Path, texts: Optional[Sequence[str]]) -> Optional[np.
     path = run_dir / "target_probs.npz"
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        if texts is not None and str(z["digest"]) != texts_digest(texts):
-            return None  # computed for another target set
-        return z["probs"].astype(np.float64)
+    probs, digest = read_target_probs(path)  # a damaged file is a one-line error naming it
+    if texts is not None and digest != texts_digest(texts):
+        return None  # computed for another target set
+    return probs
 
 
 def _submission_labels(run_dir: Path, n: int) -> Optional[np.ndarray]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorafit.config import Config, ConfigError, flatten, load_config
-from lorafit.errors import RunConflictError
+from lorafit.errors import RunConflictError, RunStateError
 from lorafit.io_utils import check_ours, check_writable, mark_ours
 
 # what a run folder holds (written by the pipeline, read by report, compare, search, scripts)
@@ -119,3 +119,43 @@ def is_legacy_run(folder: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+# ------------------------------------------------------------------ reading a run's saved files
+
+
+def read_target_probs(path: Path | str) -> tuple:
+    """A run's saved target probabilities (float64, rows x classes) and the digest of the texts they
+    were computed for. A missing file, or one that is damaged (truncated, garbage, not written by
+    lorafit), is a :class:`RunStateError` naming it and how to write it again."""
+    import numpy as np
+
+    path = Path(path)
+    redo = f"`lorafit predict {path.parent}` writes the run's target probabilities"
+    if not path.is_file():
+        raise RunStateError(f"{path}: not found; {redo}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            probs, digest = np.asarray(z["probs"], dtype=np.float64), str(z["digest"])
+    except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, KeyError, a pickle refused, ...: all one case)
+        raise RunStateError(f"{path}: damaged, not a target_probs file lorafit wrote ({type(e).__name__}); "
+                            f"delete it, then {redo} again") from None
+    if probs.ndim != 2 or probs.shape[1] < 2 or not np.isfinite(probs).all():
+        raise RunStateError(f"{path}: damaged, not a target_probs file lorafit wrote (probabilities of shape "
+                            f"{probs.shape}); delete it, then {redo} again")
+    return probs, digest
+
+
+def read_json_file(path: Path | str, what: str, redo: str):
+    """The JSON in ``path``, or None when there is no such file. A file that does not parse
+    (truncated, edited) is a :class:`RunStateError` naming it and ``redo`` (how to write it again):
+    a damaged file is never taken for an absent one."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunStateError(f"{path}: damaged, the run's {what} cannot be read (not valid JSON: {str(e)[:80]}); {redo}") from None

@@ -38,9 +38,9 @@ from transformers import (
 
 from lorafit.config import Config, ConsistencyConfig
 from lorafit.data.clean import clip_text
-from lorafit.errors import Interrupted, TrainingDiverged
+from lorafit.errors import Interrupted, LorafitError, RunStateError, TrainingDiverged
 from lorafit.inference import teacher_logits
-from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.io_utils import as_disk_full, atomic_path, atomic_write_json, last_complete_checkpoint
 from lorafit.model import adapter_name, add_adapter
 from lorafit.precision import pick_precision
 from lorafit.text import replace_synonyms, synonym_finder
@@ -349,6 +349,7 @@ _CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" i
                       else "gradient_checkpointing")
 
 
+        self.steps_run = 0  # steps of this call to train (0: it failed while loading a checkpoint)
 def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = None,
                        eval_enabled: bool = True) -> TrainingArguments:
     t = cfg.train
@@ -371,6 +372,7 @@ def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = 
         data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        self.steps_run += 1
         eval_strategy=strategy,
         save_strategy=strategy if eval_enabled else "epoch",
         eval_steps=t.eval_steps,
@@ -521,7 +523,16 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
     if last:
         log.info("resuming from %s", last)
     with stopper.handling_signals():
-        trainer.train(resume_from_checkpoint=last)
+        try:
+            trainer.train(resume_from_checkpoint=last)
+        except Exception as e:
+            if last is None or stopper.steps_run or isinstance(e, LorafitError) or as_disk_full(e) is not None:
+                raise
+            # nothing trained since the resume: the checkpoint's files did not load (truncated, garbage)
+            raise RunStateError(
+                f"resuming from checkpoint '{last}' failed before any step ({type(e).__name__}: {str(e)[:120]}): a "
+                f"checkpoint in '{out_dir}' is damaged; delete that checkpoint folder to resume from the one before, "
+                "or rerun with --fresh to train anew") from None
     if stopper.received:
         saved = last_complete_checkpoint(out_dir)
         raise Interrupted(f"interrupted by {stopper.received} at step {trainer.state.global_step}: saved checkpoint "
