@@ -447,3 +447,44 @@ def test_a_truncated_metrics_json_is_refused_not_taken_for_absent(trained_run, t
                    f"lorafit run {run / 'config.yaml'}")
     assert (run / "model" / "README.md").read_bytes() == card and (run / "report.html").read_bytes() == page
     one_line_error(invoke("compare", run, run), 2, f"{metrics}")
+
+
+# ------------------------------------------------------------------ item 17: empty options, outputs onto others' files
+
+
+def test_empty_name_or_output_dir_is_an_error_not_ignored(tiny_inputs):
+    for option in ("--name", "--output-dir"):
+        result = invoke(*run_args(tiny_inputs)[:2], option, "", *run_args(tiny_inputs)[2:])
+        one_line_error(result, 2, f"{option} is empty")
+        one_line_error(invoke("search", tiny_inputs["config"], option, ""), 2, f"{option} is empty")
+    assert not tiny_inputs["runs"].exists()
+
+
+def test_outputs_never_replace_a_runs_files_or_a_users_file(trained_run, tmp_path):
+    import time
+
+    run = copy_run(trained_run, tmp_path)
+    config = run / "config.yaml"
+    before = config.read_bytes()
+    dev = trained_run["csvs"]["dev"]
+    mine = tmp_path / "notes.csv"
+    mine.write_text("my own notes\n")
+    cases = [(["predict", run, "-o", config], "is the run's own config.yaml"),
+             (["predict", run, "-o", run / "model" / "README.md"], "is inside model/ of run folder"),
+             (["evaluate", run, dev, "-o", run / "metrics.json"], "is the run's own metrics.json"),
+             (["agreement", run, run, "-o", config], "is the run's own config.yaml"),
+             (["predict", run, "-o", mine], "exists and is not a file lorafit wrote (not an ID,Label submission)"),
+             (["evaluate", run, dev, "-o", mine], "not lorafit evaluate metrics"),
+             (["compare", run, "--html", mine], "not a lorafit page")]
+    for command, needle in cases:
+        t0 = time.perf_counter()
+        one_line_error(invoke(*command), 2, needle)
+        assert time.perf_counter() - t0 < 2  # refused before any work (no model is loaded)
+    assert config.read_bytes() == before and mine.read_text() == "my own notes\n"
+    # lorafit's own earlier outputs may be written again
+    sub = tmp_path / "sub.csv"
+    for _ in range(2):
+        assert invoke("predict", run, "-o", sub).exit_code == 0
+    page = tmp_path / "compare.html"
+    for _ in range(2):
+        assert invoke("compare", run, "--html", page).exit_code == 0

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from lorafit.config import Config, load_config
-from lorafit.runs import check_run_dir
+from lorafit.runs import check_output_file, check_run_dir, run_folder_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
@@ -80,10 +80,7 @@ def _load(config: Path, overrides: List[str], name: Optional[str] = None, output
     extra = list(overrides)
     if trust_remote_code:
         extra.append("model.trust_remote_code=true")
-    if name:
-        extra.append(f"name={name}")
-    if output_dir:
-        extra.append(f"output_dir={output_dir}")
+    extra += run_folder_options(name, output_dir)
     if allow_pickle:
         extra.append("data.allow_pickle=true")
     return load_config(config, extra)
@@ -174,8 +171,7 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
         from lorafit.search import render_leaderboard, run_search
 
         extra = list(overrides or [])
-        extra += [f"name={name}"] if name else []
-        extra += [f"output_dir={output_dir}"] if output_dir else []
+        extra += run_folder_options(name, output_dir)
         extra += ["data.allow_pickle=true"] if allow_pickle else []
         result = run_search(config, extra, trials=trials, storage=storage, workers=workers, worker_index=worker_index)
         if result:
@@ -199,11 +195,10 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
     def go():
         from lorafit.data.io import load_unlabeled
         from lorafit.data.prepare import clean_dataset
-        from lorafit.io_utils import check_writable
         from lorafit.model import require_trained_run
 
-        if output is not None:  # before any work: a path we cannot write fails in a second
-            check_writable(output, "submission file (-o)")
+        if output is not None:  # before any work: a path we cannot or may not write fails in a second
+            check_output_file(output, "submission file (-o)", "submission")
         require_trained_run(run_dir)
         # the run's config, with --prior checked like any override (a bad one fails before any model work);
         # selftrain.select_after_prior needs a prior for self-training only, which prediction does not run
@@ -260,6 +255,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
 
         if prior_fit not in ("data", "target"):
             _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
+        if output is not None:  # before the evaluation: a path we cannot or may not write fails in a second
+            check_output_file(output, "metrics file (-o)", "metrics")
         target_probs = None
         if prior_fit == "target":  # checked before the model loads: the run must have predicted its target set
             if prior in (None, "none"):
@@ -315,7 +312,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
     def go():
         from scipy.special import softmax
 
-        from lorafit.io_utils import atomic_write_json, check_writable
+        from lorafit.io_utils import atomic_write_json
         from lorafit.predict import read_target_probs
         from lorafit.prior import adjust_predictions, parse_prior
         from lorafit.metrics import agreement_estimate
@@ -323,7 +320,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
         if len(run_dirs) < 2:
             _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
         if output is not None:
-            check_writable(output, "agreement file (-o)")
+            check_output_file(output, "agreement file (-o)", "agreement")
         saved = {str(run): read_target_probs(Path(run) / "target_probs.npz") for run in run_dirs}
         try:  # a bad prior fails before any model work
             parse_prior(prior, next(iter(saved.values()))[0].shape[1])
@@ -451,6 +448,8 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run folders, e.g. r
         from lorafit.io_utils import atomic_write_text
         from lorafit.report import compare_runs, comparison_html, comparison_table
 
+        if html is not None:
+            check_output_file(html, "comparison page (--html)", "html")
         names, rows = compare_runs(run_dirs)
         Console().print(comparison_table(names, rows))
         if html is not None:

@@ -13,10 +13,11 @@ last checkpoint with other settings, e.g. ``train.max_steps``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from lorafit.config import Config, ConfigError, flatten, load_config
-from lorafit.errors import RunConflictError, RunStateError
-from lorafit.io_utils import check_ours, check_writable, mark_ours
+from lorafit.errors import OutputError, RunConflictError, RunStateError
+from lorafit.io_utils import MARK, check_ours, check_writable, is_ours, mark_ours
 
 # what a run folder holds (written by the pipeline, read by report, compare, search, scripts)
 CONFIG = "config.yaml"
@@ -159,3 +160,77 @@ def read_json_file(path: Path | str, what: str, redo: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise RunStateError(f"{path}: damaged, the run's {what} cannot be read (not valid JSON: {str(e)[:80]}); {redo}") from None
+
+
+# ------------------------------------------------------------------ a command's own output files (-o, --html)
+
+# a run folder's record of itself: no command's -o may replace one of these
+RUN_FILES = (CONFIG, METRICS, TRAIN_LOG, SUMMARY, REPORT, TARGET_PROBS, MODEL, CHECKPOINTS, DATA, SYNTHETIC, LM, MARK)
+
+
+def _first_bytes(path: Path, n: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n).decode("utf-8", "replace").lstrip("\ufeff")
+    except OSError:
+        return ""
+
+
+def _json_keys(path: Path) -> set:
+    import json
+
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(obj) if isinstance(obj, dict) else set()
+
+
+# how an earlier output of each kind is recognised from its content: a file that is not one is not
+# lorafit's, and is never replaced
+OUTPUT_KINDS = {
+    "submission": ("an ID,Label submission", lambda p: _first_bytes(p, 64).splitlines()[:1] == ["ID,Label"]),
+    "metrics": ("lorafit evaluate metrics", lambda p: {"accuracy", "macro_f1"} <= _json_keys(p)),
+    "agreement": ("lorafit agreement estimates", lambda p: {"runs", "target"} <= _json_keys(p)),
+    "html": ("a lorafit page", lambda p: "<title>lorafit" in _first_bytes(p)),
+}
+
+
+def check_output_file(path: Path | str, what: str, kind: str) -> Path:
+    """Refuse, before any work, an output file (a command's ``-o``) that lorafit may not write: one
+    of a run folder's own files (``RUN/config.yaml``, ``metrics.json``, ... or anything inside its
+    sub-folders), or an existing file that is not an earlier lorafit output of this ``kind`` (see
+    :data:`OUTPUT_KINDS`): the user's own file, which lorafit never overwrites. Then the path must be
+    writable (:func:`check_writable`). Returns the path."""
+    p = Path(path)
+    check_writable(p, what)
+    parent = p.absolute().parent
+    for up, folder in enumerate([parent, *parent.parents]):
+        if is_ours(folder) or (folder / CONFIG).is_file() and is_legacy_run(folder):
+            if up > 0 or p.name in RUN_FILES:
+                own = f"inside {p.relative_to(folder).parts[0]}/" if up else f"the run's own {p.name}"
+                raise OutputError(f"{what} '{p}' is {own} of run folder '{folder}'; lorafit never replaces a run's "
+                                  "record with another output: choose another path (e.g. a new file name there)")
+            break
+        if up >= 3:
+            break
+    description, looks_ours = OUTPUT_KINDS[kind]
+    if p.is_file() and not looks_ours(p):
+        raise OutputError(f"{what} '{p}' exists and is not a file lorafit wrote (not {description}); lorafit never "
+                          "overwrites it: choose another path, or move that file away yourself")
+    return p
+
+
+def run_folder_options(name: Optional[str], output_dir: Optional[str]) -> list[str]:
+    """The overrides of the command-line options ``--name`` and ``--output-dir`` (none when not
+    given). An empty one is a :class:`ConfigError`: it used to be ignored silently, so the run went
+    into the config's own folder."""
+    out = []
+    for option, key, value in (("--name", "name", name), ("--output-dir", "output_dir", output_dir)):
+        if value is None:
+            continue
+        if not str(value).strip():
+            raise ConfigError(f"{option} is empty; give the run's {'folder name' if key == 'name' else 'parent folder'}, "
+                              f"or leave {option} out to use the config's {key}")
+        out.append(f"{key}={value}")
+    return out
