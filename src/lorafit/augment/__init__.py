@@ -20,6 +20,7 @@ step writes its output under the run folder and is skipped or resumed when it is
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -120,7 +121,7 @@ def generation_model(cfg: Config, run_dir: Path) -> str:
 
 
 def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank: int = 0,
-                   world_size: int = 1) -> Optional[datasets.Dataset]:
+                   world_size: int = 1, target_texts: Sequence[str] = ()) -> Optional[datasets.Dataset]:
     """Generate ``augment.generate.per_class`` samples per class into ``<run_dir>/synthetic``.
 
     Target lengths follow a skew-normal fitted to ``train_texts`` (``length.mode: fit``) or the
@@ -129,10 +130,14 @@ def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank:
     """
     g = cfg.augment.generate
     bank = load_prompt_bank(g.prompts, [str(label) for label in cfg.data.labels])
-    if g.length.mode == "fit":
-        a, loc, scale = fit_length_distribution(list(train_texts))
-        log.info("target lengths: skew-normal a=%.3f loc=%.2f scale=%.2f fitted on %d training texts",
-                 a, loc, scale, len(train_texts))
+    if g.length.mode in ("fit", "fit_target"):
+        texts = list(train_texts) if g.length.mode == "fit" else list(target_texts)
+        if not texts:
+            raise ConfigError("config key 'augment.generate.length.mode': 'fit_target' needs the target texts; set "
+                              "data.target, or use mode: fit")
+        a, loc, scale = fit_length_distribution(texts)
+        log.info("target lengths: skew-normal a=%.3f loc=%.2f scale=%.2f fitted on %d %s texts", a, loc, scale,
+                 len(texts), "training" if g.length.mode == "fit" else "target")
     else:
         a, loc, scale = g.length.a, g.length.loc, g.length.scale
     return generate_samples(
@@ -140,7 +145,7 @@ def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank:
         a=a, loc=loc, scale=scale, min_words=g.length.min_words, max_words=g.length.max_words,
         top_k=g.top_k, top_p=g.top_p, temperature=g.temperature, repetition_penalty=g.repetition_penalty,
         batch_size=g.batch_size, seed=cfg.seed, rank=rank, world_size=world_size, precision=inference_precision(cfg),
-        prompt_format=g.format, trust_remote_code=cfg.model.trust_remote_code,
+        prompt_format=g.format, keep_prompt=g.keep_prompt, trust_remote_code=cfg.model.trust_remote_code,
     )
 
 
@@ -187,6 +192,22 @@ def check_augment_inputs(cfg: Config, has_target: bool) -> None:
         if local and not Path(teacher).expanduser().exists():
             raise ConfigError(f"config key '{key}': teacher '{teacher}' does not exist; point it at a trained run "
                               "folder (runs/<name>) or a classifier model folder")
+
+
+def generator_summary(cfg: Config, run_dir: Path) -> dict:
+    """Name, license and size of the LM that wrote this run's samples, and the held-out target
+    perplexity before and after its adaptation (from synthetic/manifest.json and the LM's train_log.json)."""
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    adapted = read(lm_output_dir(cfg, run_dir) / "train_log.json") if not cfg.augment.generate.model else {}
+    gen = read(Path(run_dir) / "synthetic" / "manifest.json").get("generator") or adapted.get("generator") or {}
+    return {**{k: gen.get(k) for k in ("name", "model", "base_model", "source", "license", "parameters")},
+            **({"adapted": adapted.get("method"), "heldout_perplexity": adapted.get("heldout_perplexity")}
+               if adapted else {})}
 
 
 def measure_samples(cfg: Config, pooled: datasets.Dataset, source: datasets.Dataset,
@@ -240,9 +261,10 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
 
     pool = []
     if a.generate.enabled:
-        synth = generate_stage(cfg, train_texts, run_dir)
+        synth = generate_stage(cfg, train_texts, run_dir, target_texts=target["text"][:] if target is not None else ())
         rows["synthetic_generated"] = len(synth)
         report["paths"]["synthetic"] = str(run_dir / "synthetic")
+        report["generator"] = generator_summary(cfg, run_dir)
         pool.append(synth.select_columns(["text", "label"]).cast(features)
                     .add_column("source", ["synthetic"] * len(synth)))
     for spec in a.extra:

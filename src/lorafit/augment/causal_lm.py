@@ -31,6 +31,7 @@ from lorafit.model import refuse_remote_code, resolve_model
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
+GENERATOR_FILE = "lorafit_generator.json"  # in an adapted LM's folder: the LM it was adapted from
 SCRATCH_PREFIX = "scratch:"
 
 
@@ -125,6 +126,11 @@ def describe_causal_lm(name: str, model) -> dict:
                 "license": meta.get("license"), "size_label": meta.get("size_label"),
                 "quantization": meta.get("tensor_types")}
     folder = Path(src.path)
+    if (folder / GENERATOR_FILE).is_file():  # a model lorafit adapted: say what it was adapted from
+        import json
+
+        base = json.loads((folder / GENERATOR_FILE).read_text(encoding="utf-8"))
+        return {**base, **info, "model": name, "base_model": base.get("model")}
     if folder.is_dir():
         return {**info, "source": "folder", "name": getattr(model.config, "_name_or_path", None) or name,
                 "license": _model_card_license(folder)}

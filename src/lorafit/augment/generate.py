@@ -214,8 +214,10 @@ def new_tokens_for(target_words: int) -> int:
 
 
 def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shard_seed: int, *, top_k: int,
-                    top_p: float, temperature: float, repetition_penalty: float, prompt_format: str) -> list[dict]:
+                    top_p: float, temperature: float, repetition_penalty: float, prompt_format: str,
+                    keep_prompt: bool = False) -> list[dict]:
     targets = [plan[i]["target_words"] for i in members]
+    given = [word_count(plan[i]["prompt"]) if keep_prompt else 0 for i in members]  # words the prompt supplies
     prompts = encode_prompts(tokenizer, [plan[i]["prompt"] for i in members], prompt_format)
     budgets = [new_tokens_for(t) for t in targets]
     limit = max_positions(model)
@@ -227,12 +229,15 @@ def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shar
                             "positions of the LM; shorten the prompts in augment.generate.prompts.")
         budgets = [min(b, room) for b in budgets]
     torch.manual_seed(shard_seed)
-    new_tokens = sample(model, tokenizer, prompts, budgets, targets, top_k=top_k, top_p=top_p,
+    new_tokens = sample(model, tokenizer, prompts, budgets, [max(1, t - g) for t, g in zip(targets, given)],
+                        top_k=top_k, top_p=top_p,
                         temperature=temperature, repetition_penalty=repetition_penalty,
                         stop_ids=[tokenizer.eos_token_id])
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)  # the prompt is not part of the sample
     rows = []
     for i, text, target in zip(members, texts, targets):
+        if keep_prompt:  # the prompt is the text's opening words
+            text = f"{plan[i]['prompt']} {text}"
         rows.append({"index": i, "text": " ".join(text.split()[:target]), "label": plan[i]["label"],
                      "prompt": plan[i]["prompt"], "seed": shard_seed, "target_words": target})
     return rows
@@ -250,7 +255,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
                      *, a: float, loc: float, scale: float, min_words: int, max_words: int, top_k: int = 50,
                      top_p: float = 0.95, temperature: float = 1.0, repetition_penalty: float = 1.3,
                      batch_size: int = 32, seed: int = 42, rank: int = 0, world_size: int = 1,
-                     precision: str = "auto", prompt_format: str = "plain",
+                     precision: str = "auto", prompt_format: str = "plain", keep_prompt: bool = False,
                      trust_remote_code: bool = False) -> Optional[datasets.Dataset]:
     """Generate ``per_class`` samples for each class of ``prompt_bank`` with the LM at ``model_dir``.
 
@@ -258,7 +263,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
     in plan order: ``per_class * len(prompt_bank)`` rows, some possibly empty (a warning counts
     them). Returns None when this is one of several processes and other ranks' shards are still
     missing; the process that completes the set assembles it. ``precision``: the LM's precision
-    (``auto``: bf16/fp16 on a GPU, fp32 on CPU; see :func:`lorafit.precision.generation_precision`).
+    (``auto``: bf16 where the device computes it natively; see :func:`lorafit.precision.generation_precision`).
     """
     out_dir = Path(out_dir)
     if not 0 <= rank < world_size:
@@ -273,7 +278,9 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
         "length": {"a": a, "loc": loc, "scale": scale, "min_words": min_words, "max_words": max_words},
         "sampling": {"top_k": top_k, "top_p": top_p, "temperature": temperature,
                      "repetition_penalty": repetition_penalty},
-        "format": prompt_format,
+        # absent at their defaults, so the settings of folders written before these keys still match
+        **({"format": prompt_format} if prompt_format != "plain" else {}),
+        **({"keep_prompt": True} if keep_prompt else {}),
     }
     _check_settings(out_dir, settings)
 
@@ -283,7 +290,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
     if todo:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
-        dtype = torch_dtype(generation_precision(precision, device))  # auto: fp32 on CPU
+        dtype = torch_dtype(generation_precision(precision, device))
         tokenizer, model = load_causal_lm(str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device).eval()
         generator = describe_causal_lm(str(model_dir), model)
@@ -298,7 +305,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
             members, shard_seed = shards[j]
             rows = _generate_shard(model, tokenizer, plan, members, shard_seed, top_k=top_k, top_p=top_p,
                                    temperature=temperature, repetition_penalty=repetition_penalty,
-                                   prompt_format=prompt_format)
+                                   prompt_format=prompt_format, keep_prompt=keep_prompt)
             atomic_write_text(shard_path(out_dir, j), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             generated += len(rows)
             bar.update(1)

@@ -28,7 +28,7 @@ from transformers import (
     set_seed,
 )
 
-from lorafit.augment.causal_lm import (SCRATCH_PREFIX, describe_causal_lm, load_causal_lm,  # noqa: F401 (re-exported)
+from lorafit.augment.causal_lm import (GENERATOR_FILE, SCRATCH_PREFIX, describe_causal_lm, load_causal_lm,  # noqa: F401 (re-exported)
                                       perplexity, scratch_gpt2)
 from lorafit.data.io import DataError
 from lorafit.errors import ConfigError
@@ -178,6 +178,10 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
     with atomic_path(output_dir / "model") as tmp:
         adapted.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        # who the weights come from, for the manifests, the report and the model card of what it writes
+        atomic_write_json(tmp / GENERATOR_FILE, {**generator, "adapted": {
+            "method": method, "format": text_format, "steps": trainer.state.global_step,
+            "heldout_perplexity": {"before": ppl_before, "after": ppl_after}}})
     atomic_write_json(output_dir / "train_log.json", {
         "model": model,
         "generator": generator,

@@ -283,8 +283,9 @@ class LMAdaptConfig(Section):
 class LengthConfig(Section):
     """Target lengths in words of generated samples, clipped to [min_words, max_words]."""
 
-    mode: Literal["fit", "given"] = Field("fit", description="`fit`: a skew-normal fitted to the training texts; "
-                                          "`given`: the parameters below.")
+    mode: Literal["fit", "fit_target", "given"] = Field(
+        "fit", description="`fit`: a skew-normal fitted to the training texts (the report); `fit_target`: fitted "
+                           "to the unlabeled target texts; `given`: the parameters below.")
     a: Float = Field(4.0, description="Skew-normal shape (mode `given`).")
     loc: Float = Field(20.0, description="Skew-normal location (mode `given`).")
     scale: Float = Field(20.0, gt=0, description="Skew-normal scale (mode `given`).")
@@ -315,6 +316,9 @@ class GenerateConfig(Section):
     format: Literal["plain", "chat"] = Field("plain", description="`plain` (the prompt continued as text; the "
                                              "report) or `chat` (the prompt as a user turn of the LM's chat "
                                              "template).")
+    keep_prompt: Bool = Field(False, description="Start each sample with its prompt (for prompts that are the "
+                                                 "opening words of a text, e.g. configs/prompts/agnews-leads.yaml); "
+                                                 "false: only the generated words (the report).")
     length: LengthConfig = Field(default_factory=LengthConfig, description="Target lengths.")
 
 
