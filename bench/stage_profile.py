@@ -5,7 +5,7 @@
 
 Everything after the options is the ``lorafit`` command line, run by lorafit's own CLI
 (``lorafit.cli.main``) unchanged. The stages are timed by wrapping the functions the recipe calls,
-under the names it calls them by (``lorafit.pipeline.train_model``, ``lorafit.augment.generate_stage``,
+under the names it calls them by (``lorafit.train.train_model``, ``lorafit.augment.generate_stage``,
 ...), so the code path is the one ``lorafit run`` takes.
 
 Per stage: wall seconds; the peak resident set (VmHWM, reset at the start of each stage through
@@ -39,7 +39,7 @@ STAGES = [
     ("lorafit.augment", "adapt_lm_stage", "lm_adapt"),
     ("lorafit.augment", "generate_stage", "generate"),
     ("lorafit.augment", "select_samples", "select"),
-    ("lorafit.pipeline", "train_model", "train"),
+    ("lorafit.train", "train_model", "train"),  # called by train_adapters (self-training rounds too)
     ("lorafit.pipeline", "self_train", "selftrain"),
     ("lorafit.pipeline", "save_trained", "save"),
     ("lorafit.pipeline", "for_inference", "merge"),
