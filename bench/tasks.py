@@ -485,7 +485,10 @@ def token_budget(s: dict, _style: str = "") -> dict:
     if {"lm_adapt", "generate"} & set(s["tasks"]):
         from transformers import AutoTokenizer
 
-        ltok = AutoTokenizer.from_pretrained(s["lm"])
+        from lorafit.augment.causal_lm import resolve_causal_lm
+
+        src = resolve_causal_lm(s["lm"])  # a Hub id, a folder, a .gguf file or package:NAME
+        ltok = AutoTokenizer.from_pretrained(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file else {}))
         ll = [len(x) for x in ltok(target, add_special_tokens=False)["input_ids"]]
         lm_ml = s["lm_max_length"]
         real = sum(min(x, lm_ml) for x in ll)

@@ -195,6 +195,9 @@ def test_resume_skips_an_incomplete_checkpoint(resume_setup, reference):
     src = resume_setup["runs"] / "reference" / "model"
     partial = run_dir / "checkpoints" / "checkpoint-3"
     partial.mkdir(parents=True)
+    from lorafit.io_utils import mark_ours
+
+    mark_ours(run_dir, "run")  # the run made its folder (and marked it) before it was killed in training
     (partial / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
     weights = (src / "adapter_model.safetensors").read_bytes()
     (partial / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])  # killed mid-write
