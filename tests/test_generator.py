@@ -242,3 +242,17 @@ def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
     (run / "synthetic" / "manifest.json").write_text(json.dumps({"generator": {"source": "random init"}}))
     assert "stand-in" in _generator({"generator": generator_facts(run, None, {})})
     assert generator_facts(tmp_path / "empty", None, {}) is None
+
+
+def test_generate_keeps_the_prompt_as_the_opening_words(tiny_llama, tmp_path):
+    from lorafit.augment.generate import generate_samples
+
+    bank = {0: ["The central bank", "Shares of the chip maker"], 1: ["The striker scored"]}
+    kw = dict(a=0.0, loc=8.0, scale=2.0, min_words=5, max_words=10, batch_size=4, seed=3, precision="fp32")
+    kept = generate_samples(str(tiny_llama), bank, 4, tmp_path / "kept", keep_prompt=True, **kw)
+    plain = generate_samples(str(tiny_llama), bank, 4, tmp_path / "plain", **kw)
+    for k, p in zip(kept, plain):
+        assert k["text"].startswith(k["prompt"]) and len(k["text"].split()) <= k["target_words"]
+        assert not p["text"].startswith(p["prompt"])
+    settings = json.loads((tmp_path / "kept" / "plan.json").read_text())
+    assert settings["keep_prompt"] is True and "keep_prompt" not in json.loads((tmp_path / "plain" / "plan.json").read_text())

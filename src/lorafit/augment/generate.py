@@ -236,8 +236,8 @@ def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shar
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)  # the prompt is not part of the sample
     rows = []
     for i, text, target in zip(members, texts, targets):
-        if keep_prompt:  # the prompt is the text's opening words
-            text = f"{plan[i]['prompt']} {text}"
+        if keep_prompt:  # the prompt is the text's opening words; the LM chose the space after it (or none)
+            text = plan[i]["prompt"] + text
         rows.append({"index": i, "text": " ".join(text.split()[:target]), "label": plan[i]["label"],
                      "prompt": plan[i]["prompt"], "seed": shard_seed, "target_words": target})
     return rows
