@@ -488,3 +488,91 @@ def test_outputs_never_replace_a_runs_files_or_a_users_file(trained_run, tmp_pat
     page = tmp_path / "compare.html"
     for _ in range(2):
         assert invoke("compare", run, "--html", page).exit_code == 0
+
+
+# ------------------------------------------------------------------ item 18: mistakes fail in a second
+
+
+PROBE = ("import sys, time\n"
+         "t0 = time.perf_counter()\n"
+         "sys.argv = ['lorafit', *sys.argv[1:]]\n"
+         "from lorafit.cli import main\n"
+         "try:\n"
+         "    main()\n"
+         "except SystemExit as e:\n"
+         "    code = e.code\n"
+         "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'optuna_integration') if m in sys.modules)\n"
+         "print('RESULT', code, round(time.perf_counter() - t0, 2), ','.join(heavy) or '-')\n")
+
+
+def _probe(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    _, code, seconds, heavy = line.split()
+    return int(code), float(seconds), heavy, proc.stderr
+
+
+def test_path_and_config_mistakes_fail_before_the_model_libraries_load(trained_run, tmp_path):
+    """adapt-lm, generate, search, predict, evaluate and agreement took 5-16 s to report a wrong path or
+    key: they imported torch/transformers first. Each must now fail without loading them."""
+    missing, run, dev = tmp_path / "nope.yaml", trained_run["run"], trained_run["csvs"]["dev"]
+    config = trained_run["config"]
+    cases = [("adapt-lm", missing), ("adapt-lm", config, "lora.rank=3"), ("generate", missing),
+             ("generate", config, "train.epochs=many"), ("search", missing), ("search", config, "lora.rank=3"),
+             ("predict", tmp_path / "no-run"), ("predict", run, "-o", tmp_path / "no" / "such" / "dir" / "x.csv"),
+             ("predict", run, "--prior", "bogus"),
+             ("evaluate", tmp_path / "no-run", dev), ("evaluate", run, dev, "--prior", "bogus"),
+             ("evaluate", run, dev, "-o", run / "config.yaml"), ("agreement", tmp_path / "a", tmp_path / "b")]
+    (tmp_path / "no").write_text("a file where a folder is expected")
+    for case in cases:
+        code, seconds, heavy, err = _probe(*case)
+        assert code == 2, (case, err[-500:])
+        assert err.strip().splitlines()[-1].startswith("error: "), (case, err[-500:])
+        assert heavy == "-", (case, heavy)  # no model library was imported to find the mistake
+        assert seconds < 5, (case, seconds)  # ~0.6 s on an idle machine (was 12-15 s)
+    # a missing data file needs the data libraries but still not the model's
+    code, seconds, heavy, err = _probe("evaluate", run, tmp_path / "missing.csv")
+    assert code == 2 and "missing.csv" in err and heavy == "-", (err[-300:], heavy)
+
+
+def test_an_unreachable_hub_switches_to_offline_at_once(monkeypatch):
+    from lorafit.io_utils import offline_if_hub_unreachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert offline_if_hub_unreachable(timeout=2) is not None
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert offline_if_hub_unreachable() is None  # already offline: no second check
+
+
+def test_a_command_with_an_unreachable_hub_fails_in_seconds_not_minutes(tmp_path):
+    """Without HF_HUB_OFFLINE, huggingface_hub retried each file for ~23 s (24-76 s per command)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nt0 = time.perf_counter()\nsys.argv = ['lorafit', *sys.argv[1:]]\n"
+            "from lorafit.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    print('RESULT', e.code, round(time.perf_counter() - t0, 1))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "budget", str(Path(__file__).parents[1] / "configs" /
+                                                                       "quickstart.yaml"), "model.name=lorafit-test/no-such-model"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    result = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT")).split()
+    assert result[1] == "2", proc.stderr[-800:]
+    assert "cannot be reached" in proc.stderr and "set HF_HUB_OFFLINE=1" in proc.stderr
+    assert float(result[2]) < 20, result  # the model libraries' import only; the retries took 23 s more

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from lorafit.config import Config, load_config
-from lorafit.runs import check_output_file, check_run_dir, run_folder_options
+from lorafit.runs import check_output_file, check_run_dir, require_trained_run, run_folder_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
@@ -57,8 +57,9 @@ def _guarded(fn):
     budget, 130 interrupted), with no traceback. Anything else is a bug and keeps its traceback
     (exit 1). Nothing heavy is imported here, so a bad config fails before torch loads."""
     from lorafit.errors import LorafitError
-    from lorafit.io_utils import as_disk_full
+    from lorafit.io_utils import as_disk_full, offline_if_hub_unreachable
 
+    offline_if_hub_unreachable()  # an unreachable Hub: fail (or use the cache) at once, not after ~23 s per file
     try:
         return fn()
     except LorafitError as e:
@@ -168,11 +169,14 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
     _setup_logging(verbose)
 
     def go():
-        from lorafit.search import render_leaderboard, run_search
-
         extra = list(overrides or [])
         extra += run_folder_options(name, output_dir)
         extra += ["data.allow_pickle=true"] if allow_pickle else []
+        from lorafit.search_space import check_space
+
+        check_space(config, extra, load_config(config, extra))  # a bad config or space fails before torch loads
+        from lorafit.search import render_leaderboard, run_search
+
         result = run_search(config, extra, trials=trials, storage=storage, workers=workers, worker_index=worker_index)
         if result:
             render_leaderboard(result)
@@ -193,10 +197,6 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
     _setup_logging(verbose)
 
     def go():
-        from lorafit.data.io import load_unlabeled
-        from lorafit.data.prepare import clean_dataset
-        from lorafit.model import require_trained_run
-
         if output is not None:  # before any work: a path we cannot or may not write fails in a second
             check_output_file(output, "submission file (-o)", "submission")
         require_trained_run(run_dir)
@@ -207,6 +207,9 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         spec = target or cfg.data.target
         if not spec:
             _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
+        from lorafit.data.io import load_unlabeled
+        from lorafit.data.prepare import clean_dataset
+
         ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle)  # consent per command, never from the run's files
         ds = clean_dataset(ds, cfg)
         import datasets
@@ -247,31 +250,42 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
     _setup_logging(verbose)
 
     def go():
-        from lorafit.data.io import load_labeled
         from lorafit.io_utils import atomic_write_json
-        from lorafit.model import load_trained, require_trained_run
-        from lorafit.inference import predict_with_config
-        from lorafit.metrics import classification_metrics
 
+        # every path, key and value is checked before the model libraries load (a mistake fails in a second)
         if prior_fit not in ("data", "target"):
             _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
         if output is not None:  # before the evaluation: a path we cannot or may not write fails in a second
             check_output_file(output, "metrics file (-o)", "metrics")
+        require_trained_run(run_dir)
+        cfg = load_config(Path(run_dir) / "config.yaml")
+        if prior not in (None, "none"):
+            from lorafit.prior import parse_prior
+
+            try:
+                parse_prior(prior, len(cfg.data.labels))
+            except ValueError as e:
+                _fail(f"--prior {prior}: {e}")
         target_probs = None
-        if prior_fit == "target":  # checked before the model loads: the run must have predicted its target set
+        if prior_fit == "target":  # the run must have predicted its target set
             if prior in (None, "none"):
                 _fail("--prior-fit target needs --prior (uniform | em | proportions)")
-            from lorafit.predict import read_target_probs
+            from lorafit.runs import read_target_probs
 
-            require_trained_run(run_dir)
             probs_file = Path(run_dir) / "target_probs.npz"
             if not probs_file.is_file():
                 _fail(f"{probs_file}: no saved target probabilities (the run predicted no target set); "
                       "run `lorafit predict` on it first")
             target_probs = read_target_probs(probs_file)[0]
-        model, tok, cfg = load_trained(run_dir)
+        from lorafit.data.io import load_labeled
+
         ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
                           cfg.data.labels, allow_pickle=allow_pickle)
+        from lorafit.inference import predict_with_config
+        from lorafit.metrics import classification_metrics
+        from lorafit.model import load_trained
+
+        model, tok, cfg = load_trained(run_dir)
         logits = predict_with_config(model, tok, cfg, ds["text"], progress=True)
         preds = logits.argmax(1)
         fitted = None
@@ -313,9 +327,9 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
         from scipy.special import softmax
 
         from lorafit.io_utils import atomic_write_json
-        from lorafit.predict import read_target_probs
-        from lorafit.prior import adjust_predictions, parse_prior
         from lorafit.metrics import agreement_estimate
+        from lorafit.prior import adjust_predictions, parse_prior
+        from lorafit.runs import read_target_probs  # no model library: a wrong path fails in a second
 
         if len(run_dirs) < 2:
             _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
@@ -374,16 +388,18 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
     _setup_logging(verbose)
 
     def go():
-        from lorafit.augment import adapt_lm_stage
-        from lorafit.runs import claim_run_dir
-        from lorafit.data import prepare_data
         from lorafit.io_utils import lock_folder
+        from lorafit.runs import claim_run_dir
 
-        cfg = _load(config, overrides or [])
-        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
-        data = prepare_data(cfg)
-        if data.target is None:
+        cfg = _load(config, overrides or [])  # config, then data, then the model libraries: mistakes fail fast
+        if not cfg.data.target:
             _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
+        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
+        from lorafit.data import prepare_data
+
+        data = prepare_data(cfg)
+        from lorafit.augment import adapt_lm_stage
+
         path = adapt_lm_stage(cfg, data.target["text"], cfg.run_dir)
         typer.echo(f"adapted LM saved to {path}")
 
@@ -397,15 +413,17 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
     _setup_logging(verbose)
 
     def go():
-        from lorafit.augment import generate_stage
-        from lorafit.runs import claim_run_dir
-        from lorafit.data import prepare_data
         from lorafit.io_utils import lock_folder
+        from lorafit.runs import claim_run_dir
 
-        cfg = _load(config, overrides or [])
+        cfg = _load(config, overrides or [])  # config, then data, then the model libraries: mistakes fail fast
         # one writer at a time; the processes of one job each hold the lock of their rank
         lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)", rank=int(os.environ.get("RANK", 0)))
+        from lorafit.data import prepare_data
+
         data = prepare_data(cfg)
+        from lorafit.augment import generate_stage
+
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world)
         if ds is None:  # this process finished its shards; another one assembles the set

@@ -495,3 +495,46 @@ def _release(path: Path) -> None:
 
 
 atexit.register(release_folder_locks)
+
+
+# ------------------------------------------------------------------ an unreachable Hugging Face Hub
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def offline_if_hub_unreachable(timeout: float = 2.0) -> Optional[str]:
+    """Switch this process to offline mode (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) when the
+    Hugging Face Hub cannot be reached: a name lookup and TCP connect to its endpoint within
+    ``timeout`` seconds. Unreachable, huggingface_hub retries each file for ~23 s (1+2+4+8+8 s of
+    backoff), so a command took 24-76 s to fail; offline, a cached model loads at once and a missing
+    one fails at once. Call before transformers/datasets are imported (they read the variables
+    then). Skipped when offline mode is already set or a proxy is configured (the proxy, not a
+    direct connection, is the way out). Returns why the Hub is unreachable, or None."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return None
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    outcome: list = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e.strerror or type(e).__name__)
+
+    t = threading.Thread(target=probe, daemon=True)  # a name lookup ignores socket timeouts: wait in a thread
+    t.start()
+    t.join(timeout)
+    reason = outcome[0] if outcome else f"no answer within {timeout:g} s"
+    if reason is None:
+        return None
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    log.warning("the Hugging Face Hub (%s) cannot be reached (%s): working offline, from the local cache only; "
+                "set HF_HUB_OFFLINE=1 to skip this check", host, reason)
+    return reason

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lorafit.config import MINILM_ALIASES, Config, load_config
 from lorafit.errors import ModelError, RunStateError  # re-exported: lorafit.model.ModelError
+from lorafit.runs import require_trained_run  # re-exported: lorafit.model.require_trained_run
 from lorafit.precision import for_inference, inference_precision
 
 log = logging.getLogger(__name__)
@@ -294,20 +295,6 @@ def base_differences(a, b) -> list[str]:
         if q is None or q.shape != p.shape or not torch.equal(p.detach(), q.detach()):
             out.append(n)
     return out
-
-
-def require_trained_run(run_dir: Path | str) -> Path:
-    """The adapter folder of a trained run, or a :class:`ModelError` saying how to make one."""
-    adapter = Path(run_dir) / "model"
-    if not (adapter / "adapter_config.json").is_file() or not (Path(run_dir) / "config.yaml").is_file():
-        raise ModelError(f"{run_dir}: no trained model in it (expected config.yaml and {adapter}/adapter_config.json); "
-                         "train it first with `lorafit run`.")
-    for folder in [adapter, *sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file())]:
-        if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-            raise ModelError(f"{folder / 'adapter_model.safetensors'}: missing, so the run's trained model is incomplete; "
-                             f"restore it, or run `lorafit run {Path(run_dir) / 'config.yaml'}` to save it again from "
-                             "the last checkpoint (--fresh trains anew)")
-    return adapter
 
 
 def _load_adapters(cfg: Config, run_dir: Path, adapter: Path):

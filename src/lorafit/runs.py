@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from lorafit.config import Config, ConfigError, flatten, load_config
-from lorafit.errors import OutputError, RunConflictError, RunStateError
+from lorafit.errors import ModelError, OutputError, RunConflictError, RunStateError
 from lorafit.io_utils import MARK, check_ours, check_writable, is_ours, mark_ours
 
 # what a run folder holds (written by the pipeline, read by report, compare, search, scripts)
@@ -234,3 +234,18 @@ def run_folder_options(name: Optional[str], output_dir: Optional[str]) -> list[s
                               f"or leave {option} out to use the config's {key}")
         out.append(f"{key}={value}")
     return out
+
+
+def require_trained_run(run_dir: Path | str) -> Path:
+    """The adapter folder of a trained run, or a :class:`ModelError` saying how to make one (or what
+    is missing); reads no weights and imports no model library, so a wrong path fails in a second."""
+    adapter = Path(run_dir) / "model"
+    if not (adapter / "adapter_config.json").is_file() or not (Path(run_dir) / "config.yaml").is_file():
+        raise ModelError(f"{run_dir}: no trained model in it (expected config.yaml and {adapter}/adapter_config.json); "
+                         "train it first with `lorafit run`.")
+    for folder in [adapter, *sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file())]:
+        if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ModelError(f"{folder / 'adapter_model.safetensors'}: missing, so the run's trained model is incomplete; "
+                             f"restore it, or run `lorafit run {Path(run_dir) / 'config.yaml'}` to save it again from "
+                             "the last checkpoint (--fresh trains anew)")
+    return adapter

@@ -14,15 +14,33 @@ import importlib.util
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from lorafit.config.types import invalid
 
 
+def _source_file(module: str) -> Optional[Path]:
+    """The installed source file of ``module``, found without importing it: ``find_spec`` of a
+    submodule imports its parent package (``transformers``: seconds), so only the top-level
+    package is looked up and the submodule's file is found in its folder."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin else None
+    for folder in spec.submodule_search_locations or ():
+        path = Path(folder, *rest.split(".")).with_suffix(".py")
+        if path.is_file():
+            return path
+    return None
+
+
 def _enum_values_from_source(module: str, cls: str) -> tuple[str, ...]:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
+    origin = _source_file(module)
+    if origin is None:
         return ()
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    tree = ast.parse(origin.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             return tuple(s.value.value for s in node.body if isinstance(s, ast.Assign)
