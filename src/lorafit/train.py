@@ -532,12 +532,21 @@ def average_checkpoints(model, out_dir: Path, n: int, adapter: str = "default",
     return steps
 
 
+# next to adapter_config.json: the head's class names (id2label, label2id as in a transformers config.json), which
+# a stock loader needs as keyword arguments, since PEFT builds the base model from the base's own config
+LABELS_FILE = "labels.json"
+
+
 def save_trained(model, tokenizer, log_history: list, run_dir: Path) -> Path:
     """Save the LoRA adapter + tokenizer to ``run_dir/model`` and the log to ``train_log.json``
-    (several adapters as PEFT saves them: ``default`` at the top, the others in sub-folders)."""
+    (several adapters as PEFT saves them: ``default`` at the top, the others in sub-folders), with
+    the head's class names in ``labels.json`` (``id2label``/``label2id``)."""
     with atomic_path(run_dir / "model") as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), save_embedding_layers=False)  # LoRA never trains the embeddings
         tokenizer.save_pretrained(str(tmp))
+        config = model.get_base_model().config  # the head's class names, which PEFT's files do not hold
+        atomic_write_json(tmp / LABELS_FILE, {"id2label": {str(i): n for i, n in sorted(config.id2label.items())},
+                                              "label2id": dict(config.label2id)})
     atomic_write_json(run_dir / "train_log.json", log_history)
     return run_dir / "model"
 

