@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorafit"
 
 # top to bottom; a module may import its own layer or a layer below, except stage -> other stage
 LAYERS = {
-    "entry": {"lorafit", "cli"},
+    "entry": {"lorafit", "cli", "api"},
     "recipe": {"pipeline", "selftrain", "search", "search_space", "search_results"},
     "stage": {"augment", "train", "predict", "report"},
     "core": {"data", "model", "budget", "inference", "metrics", "prior", "text", "precision", "io_utils",
@@ -21,7 +21,7 @@ LAYERS = {
 }
 ORDER = list(LAYERS)
 # modules that belong to another unit: report_page is the report stage's page template
-UNIT_OF = {"report_page": "report", "train_consistency": "train"}
+UNIT_OF = {"report_page": "report", "export": "report", "train_consistency": "train"}
 
 
 def unit(module: str) -> str | None:

@@ -66,10 +66,63 @@ def tiny_run(tiny_roberta_dir, tmp_path_factory) -> Path:
     csvs = {"train": write_csv(root / "train.csv", tiny_labeled_rows(6)),
             "dev": write_csv(root / "dev.csv", tiny_labeled_rows(2)),
             "target": write_csv(root / "target.csv", [{"text": t} for t in TEXTS])}
-    from lorafit.pipeline import run
+    import lorafit
 
-    run(load_config(None, [*NO_AUGMENT, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs", **LEARNABLE)]))
-    return root / "runs" / "tiny"
+    overrides = dict(o.split("=", 1) for o in [*NO_AUGMENT, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs",
+                                                                         **LEARNABLE)])
+    overrides["train__seed"] = overrides.pop("train.seed", 42)  # the other spelling of a dotted key
+    result = lorafit.run(None, **overrides)
+    assert result.run_dir == root / "runs" / "tiny"
+    assert result.val_accuracy == json.loads((result.run_dir / "metrics.json").read_text())["val_accuracy"]
+    assert result.summary.startswith("# lorafit run `tiny`")
+    return result.run_dir
+
+
+def cli_predict_names(run_dir: Path, tmp_path: Path) -> list[str]:
+    """The class names ``lorafit predict`` writes for TEXTS (its submission, ids mapped to names)."""
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    out = tmp_path / "sub.csv"
+    result = CliRunner().invoke(app, ["predict", str(run_dir), "--prior", "none", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return [LABEL_NAMES[int(r["Label"])] for r in csv.DictReader(out.open())]
+
+
+def test_import_lorafit_is_light():
+    proc = subprocess.run([sys.executable, "-c", "import sys, lorafit; assert callable(lorafit.run) and "
+                           "callable(lorafit.load); print(sorted(m for m in ('torch', 'transformers', 'peft', "
+                           "'datasets') if m in sys.modules))"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_python_api_load_predicts_class_names(tiny_run, tmp_path):
+    import lorafit
+
+    clf = lorafit.load(tiny_run)
+    assert clf.labels == LABEL_NAMES
+    names = clf.predict(TEXTS)
+    assert names == cli_predict_names(tiny_run, tmp_path)
+    probs = clf.predict_proba(TEXTS)
+    assert probs.shape == (len(TEXTS), 4) and abs(probs.sum(1) - 1).max() < 1e-5
+    assert [LABEL_NAMES[i] for i in probs.argmax(1)] == names
+    assert clf.predict(TEXTS[0]) == names[:1]
+
+
+def test_cli_predict_single_texts_and_stdin(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    names = cli_predict_names(tiny_run, tmp_path)
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), "--text", TEXTS[0], "--text", TEXTS[5]])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [names[0], names[5]]
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), "--target", "-"], input="\n".join(TEXTS) + "\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == names
 
 
 def test_labels_saved_with_the_adapter(tiny_run):
@@ -79,15 +132,7 @@ def test_labels_saved_with_the_adapter(tiny_run):
 
 
 def test_stock_peft_gives_the_labels_of_lorafit_predict(tiny_run, tmp_path):
-    from typer.testing import CliRunner
-
-    from lorafit.cli import app
-
-    out = tmp_path / "sub.csv"
-    result = CliRunner().invoke(app, ["predict", str(tiny_run), "--prior", "none", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    ids = [int(r["Label"]) for r in csv.DictReader(out.open())]
-    ours = [LABEL_NAMES[i] for i in ids]
+    ours = cli_predict_names(tiny_run, tmp_path)
     assert len(set(ours)) > 1, "a model predicting one class proves little"
     assert stock_labels(tiny_run / "model", TEXTS) == ours
 

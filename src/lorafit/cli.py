@@ -186,7 +186,10 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g. runs/quickstart"),
-            target: Optional[str] = typer.Option(None, help="target set (default: the run config's data.target)"),
+            target: Optional[str] = typer.Option(None, help="target set (default: the run config's data.target); "
+                                                 "- reads texts from stdin, one per line, and prints their class names"),
+            text: Optional[List[str]] = typer.Option(None, "--text", help="a text to classify (repeatable): prints its "
+                                                     "class name; the model alone, no prior"),
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="submission path (default RUN_DIR/submission.csv)"),
             prior: Optional[str] = typer.Option(None, help="none | uniform | em | comma-separated proportions"),
             text_column: Optional[str] = typer.Option(None, help="text column of the target set"),
@@ -197,6 +200,13 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
     _setup_logging(verbose)
 
     def go():
+        if text or target == "-":  # single texts or a pipe: class names on stdout, one per line
+            from lorafit.api import predict_lines
+
+            require_trained_run(run_dir)
+            for label in predict_lines(run_dir, text or sys.stdin):
+                typer.echo(label)
+            return
         if output is not None:  # before any work: a path we cannot or may not write fails in a second
             check_output_file(output, "submission file (-o)", "submission")
         require_trained_run(run_dir)

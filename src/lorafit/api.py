@@ -1,0 +1,128 @@
+"""The Python API: ``lorafit.run(config, **overrides)`` and ``lorafit.load(run)``.
+
+>>> import lorafit
+>>> result = lorafit.run("configs/quickstart.yaml", name="mine", **{"train.epochs": 1})
+>>> result.val_accuracy, result.run_dir
+>>> clf = lorafit.load(result.run_dir)
+>>> clf.predict(["Stocks fell sharply on Monday"])          # class names
+>>> clf.predict_proba(["Stocks fell sharply on Monday"])    # N x K probabilities, columns = clf.labels
+
+Overrides are config keys, given with dots (``**{"train.epochs": 1}``) or with ``__`` for each dot
+(``train__epochs=1``); they are checked like command-line overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from lorafit.config import Config, load_config
+
+PathLike = Union[str, Path]
+
+
+def override_strings(overrides: dict[str, Any]) -> list[str]:
+    """``key.sub=value`` strings from keyword overrides: ``__`` stands for a dot; lists, dicts and
+    booleans are written as YAML flow values, None as null."""
+    out = []
+    for key, value in overrides.items():
+        key = key.replace("__", ".")
+        if value is None:
+            text = "null"
+        elif isinstance(value, (bool, list, tuple, dict)):
+            text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        else:
+            text = str(value)
+        out.append(f"{key}={text}")
+    return out
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the run folder, its config and its metrics (metrics.json)."""
+
+    run_dir: Path
+    config: Config
+    metrics: dict = field(repr=False)
+    summary: str = field(default="", repr=False)
+
+    @property
+    def val_accuracy(self) -> Optional[float]:
+        return self.metrics.get("val_accuracy")
+
+    @property
+    def val_macro_f1(self) -> Optional[float]:
+        return self.metrics.get("val_macro_f1")
+
+    def load(self) -> "Classifier":
+        """The run's trained classifier (see :func:`load`)."""
+        return load(self.run_dir)
+
+
+def run(config: Optional[PathLike] = None, fresh: bool = False, **overrides) -> RunResult:
+    """Run every enabled stage of ``config`` (a YAML file; None = the built-in defaults) with
+    ``overrides`` applied, as ``lorafit run`` does; ``fresh`` replaces an earlier run in the run
+    folder. Raises a :class:`lorafit.errors.LorafitError` for a mistake in the config or data."""
+    from lorafit.runs import check_run_dir
+
+    cfg = load_config(config, override_strings(overrides))
+    check_run_dir(cfg, fresh)
+    from lorafit.data import prepare_data
+    from lorafit.report import StageTimer
+
+    timer = StageTimer()
+    data = prepare_data(cfg)
+    timer.lap("data")
+    from lorafit.pipeline import run as run_pipeline, summary
+
+    metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)  # None on the other processes of a multi-process run
+    return RunResult(run_dir=Path(cfg.run_dir), config=cfg,
+                     metrics=metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics or {}),
+                     summary=summary(cfg, metrics) if metrics else "")
+
+
+class Classifier:
+    """A trained run's model for prediction: ``predict(texts)`` gives class names,
+    ``predict_proba(texts)`` the probabilities (columns in the order of :attr:`labels`). Texts are
+    cleaned and truncated as at training time; no label prior is applied (``lorafit predict``
+    applies the run's ``predict.prior`` to a whole target set)."""
+
+    def __init__(self, run_dir: PathLike):
+        from lorafit.model import load_trained
+
+        self.run_dir = Path(run_dir)
+        self.model, self.tokenizer, self.config = load_trained(self.run_dir)
+        self.labels: list[str] = list(map(str, self.config.data.labels))
+
+    def __repr__(self) -> str:
+        return f"Classifier({str(self.run_dir)!r}, labels={self.labels!r})"
+
+    def logits(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        from lorafit.inference import predict_with_config
+
+        return predict_with_config(self.model, self.tokenizer, self.config, [texts] if isinstance(texts, str)
+                                   else list(texts))
+
+    def predict_proba(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        from scipy.special import softmax
+
+        return softmax(self.logits(texts), axis=-1)
+
+    def predict(self, texts: Union[str, Sequence[str]]) -> list[str]:
+        return [self.labels[i] for i in self.logits(texts).argmax(1)]
+
+
+def load(run_dir: PathLike) -> Classifier:
+    """The trained classifier of a run folder (``runs/<name>``)."""
+    return Classifier(run_dir)
+
+
+def predict_lines(run_dir: PathLike, texts) -> list[str]:
+    """Class names for ``texts`` (strings, or lines of a stream such as stdin: line ends dropped), by
+    the run's model alone (``lorafit predict RUN --text ...`` and ``--target -``)."""
+    texts = [t.rstrip("\r\n") for t in texts]
+    return load(run_dir).predict(texts) if texts else []
