@@ -16,10 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "research: covers a research script in scripts/, not the lorafit product "
-                                       "(deselect with -m 'not research')")
-
 NEWS = {
     0: ["Talks resume in Geneva as envoys seek a ceasefire in the border war",
         "Election results delayed after protests in the capital turn violent",
