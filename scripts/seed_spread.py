@@ -23,31 +23,36 @@ import statistics
 import sys
 from pathlib import Path
 
+from lorafit.runs import METRICS, read_metrics
+
 
 def read_run(spec: str, runs: Path) -> dict:
     """The numbers of one run (``RUN`` or ``RUN:teacher``); a missing proxy is None, a missing
     metrics.json an error."""
     name, _, part = spec.partition(":")
-    metrics_file = runs / name / "metrics.json"
-    if not metrics_file.is_file():
-        raise SystemExit(f"{metrics_file}: not found (is the run finished?)")
-    m = json.loads(metrics_file.read_text())
-    rounds = m.get("selftrain") or []
+    m = read_metrics(runs / name)
+    if m is None:
+        raise SystemExit(f"{runs / name / METRICS}: not found (is the run finished?)")
+    rounds = m.selftrain
     if part:
         if part not in ("teacher", "student") or not rounds:
             raise SystemExit(f"{spec}: only RUN:teacher and RUN:student are known, for a run with self-training rounds")
-        r, prefix = (rounds[0], "teacher_") if part == "teacher" else (rounds[-1], "")
-        return {"dev": r.get(f"{prefix}val_accuracy"), "proxy": r.get(f"{prefix}proxy_accuracy"),
-                "proxy_prior": r.get(f"{prefix}proxy_accuracy_prior"), "corroborated": None,
-                "corroborated_prior": None}
-    out = {"dev": m["val_accuracy"]}
-    ensemble = (m.get("ensemble") or {}).get("adapters", 1) > 1
-    last = rounds[-1] if rounds and not ensemble else {}
+        if part == "teacher":
+            r = rounds[0]
+            return {"dev": r.teacher_val_accuracy, "proxy": r.teacher_proxy_accuracy,
+                    "proxy_prior": r.teacher_proxy_accuracy_prior, "corroborated": None, "corroborated_prior": None}
+        r = rounds[-1]
+        return {"dev": r.val_accuracy, "proxy": r.proxy_accuracy, "proxy_prior": r.proxy_accuracy_prior,
+                "corroborated": None, "corroborated_prior": None}
+    out = {"dev": m.val_accuracy}
+    ensemble = (m.ensemble or {}).get("adapters", 1) > 1
+    last = rounds[-1] if rounds and not ensemble else None
     for key, file, logged in (("proxy", "proxy-none.json", "proxy_accuracy"),
                               ("proxy_prior", "proxy-uniform.json", "proxy_accuracy_prior"),
                               ("corroborated", "corr-none.json", None), ("corroborated_prior", "corr-target.json", None)):
         f = runs / name / file
-        out[key] = json.loads(f.read_text())["accuracy"] if f.is_file() else last.get(logged)
+        out[key] = (json.loads(f.read_text())["accuracy"] if f.is_file()
+                    else getattr(last, logged) if last is not None and logged else None)
     return out
 
 

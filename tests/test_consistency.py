@@ -173,7 +173,7 @@ def test_end_to_end_with_consistency_and_selftrain(tiny_roberta_dir, csvs, tmp_p
     cfg = _run_cfg(tiny_roberta_dir, csvs, tmp_path / "runs", "train.epochs=1", "selftrain.enabled=true",
                    "selftrain.rounds=1", "selftrain.epochs=1", "selftrain.threshold=0.0",
                    "selftrain.consistency=true", "train.consistency.hard=true")
-    m = run(cfg)
+    m = run(cfg).to_dict()
     log = json.loads((tmp_path / "runs" / "tiny" / "train_log.json").read_text())
     main = [h for h in log if "consistency_loss" in h and "selftrain_round" not in h]
     rounds = [h for h in log if "consistency_loss" in h and h.get("selftrain_round") == 1]

@@ -115,7 +115,7 @@ def test_selftrain_and_distillation_end_to_end(tiny_roberta_dir, tiny_csvs, tmp_
         "name=student", "train.distill.enabled=true", f"train.distill.teacher={tmp_path / 'runs' / 'teacher'}",
         "train.distill.alpha=0.5", "selftrain.enabled=true", "selftrain.rounds=2", "selftrain.threshold=0.0",
         "selftrain.epochs=1", "predict.prior=uniform"]))
-    m = run(student_cfg)
+    m = run(student_cfg).to_dict()
     # teacher logits were cached once for every distinct training text, then reused by the rounds
     cache = np.load(tmp_path / "runs" / "student" / "data" / "teacher_logits.npz")
     n_target = 16
@@ -217,7 +217,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
         return trainer
 
     monkeypatch.setattr(train, "train_model", _by_stage(main_train, round_train))
-    m = pipeline.run(cfg)
+    m = pipeline.run(cfg).to_dict()
 
     (teacher, teacher_end), = seen["main"]
     r1, r2 = seen["rounds"]
@@ -320,7 +320,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
     for mod, name, fn in ((train, "train_model", _by_stage(main_train, round_train)),
                           (selftrain, "pseudo_labeled_set", pseudo), (selftrain, "judge_synthetic", judge)):
         monkeypatch.setattr(mod, name, fn)
-    m = pipeline.run(cfg)
+    m = pipeline.run(cfg).to_dict()
 
     (first,), (student1, student2) = seen["main"], seen["rounds"]
     data = prepare_data(cfg)

@@ -53,7 +53,7 @@ def ens(tiny_roberta_dir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ensemble")
     csvs = _csvs(root)
     cfg = load_config(None, [*NO_AUGMENT, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs", **ENSEMBLE)])
-    metrics = run(cfg)
+    metrics = run(cfg).to_dict()
     run_dir = cfg.run_dir
     return {"cfg": cfg, "metrics": metrics, "run_dir": run_dir, "csvs": csvs, "root": root,
             "submission": (run_dir / "submission.csv").read_text(),
@@ -218,7 +218,7 @@ def test_rerun_resumes_the_second_adapter(ens, tmp_path, caplog):
     (copy / "metrics.json").unlink()
     cfg = ens["cfg"].model_copy(update={"output_dir": str(tmp_path / "runs")})
     with caplog.at_level(logging.INFO, logger="lorafit.train"):
-        metrics = run(cfg)
+        metrics = run(cfg).to_dict()
     resumed = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
     assert any(m.endswith(f"adapter-1/checkpoint-{steps[0]}") for m in resumed), resumed
     assert metrics["checkpoint_average"]["train"]["adapter-1"] == steps
@@ -237,7 +237,7 @@ def test_students_and_the_first_teacher_in_one_ensemble(tiny_roberta_dir, tmp_pa
         "selftrain.enabled": "true", "selftrain.mode": "student", "selftrain.rounds": 1, "selftrain.students": 2,
         "selftrain.ensemble_teacher": "true", "selftrain.threshold": 0.3})
     cfg = load_config(None, ["augment.synonyms.enabled=false", *overrides])
-    metrics = run(cfg)
+    metrics = run(cfg).to_dict()
     names = ["default", "adapter-1", "teacher", "teacher-1"]
     assert metrics["ensemble"]["names"] == names and metrics["budget"]["adapters"] == 4
     r = metrics["selftrain"][0]

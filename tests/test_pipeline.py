@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.special import softmax
 
 from conftest import tiny_labeled_rows, tiny_overrides, write_csv
 from lorafit.budget import count_budget
 from lorafit.config import load_config
 from lorafit.pipeline import evaluate, run
-from lorafit.inference import predict_logits
-from lorafit.predict import predict_target
+from lorafit.inference import predict_logits, predict_with_config
+from lorafit.prior import adjust_predictions
+from lorafit.runs import SCHEMA_VERSION, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +88,9 @@ def test_run_folder_layout(tiny_run):
 
 def test_metrics_json(tiny_run):
     m = tiny_run["metrics_json"]
-    assert m == json.loads(json.dumps(tiny_run["metrics"]))  # the returned dict is what was saved
+    assert m == json.loads(json.dumps(tiny_run["metrics"].to_dict()))  # the returned record is what was saved
+    assert m["schema_version"] == SCHEMA_VERSION == 1
+    assert read_metrics(tiny_run["run_dir"]) == tiny_run["metrics"]  # and reads back as the same record
     assert m["val_accuracy"] > 0.5, f"tiny model did not learn: {m['val']}"
     val = m["val"]
     assert list(val["per_class"]) == LABEL_NAMES
@@ -158,7 +162,8 @@ def test_saved_adapter_predicts_like_the_run(tiny_run):
 
     model, tok, loaded_cfg = load_trained(run_dir, merge=False)
     assert loaded_cfg == cfg
-    _, adjusted, _ = predict_target(model, tok, loaded_cfg, target_texts)
+    probs = softmax(predict_with_config(model, tok, loaded_cfg, target_texts), axis=-1)
+    adjusted, _ = adjust_predictions(probs, loaded_cfg.predict.prior)  # the run's prior, as predict applies it
     assert adjusted.argmax(1).tolist() == in_run
     # the validation metrics are reproduced exactly by the saved adapter
     import datasets
@@ -180,7 +185,7 @@ def test_rerun_in_the_same_folder_resumes(tiny_run, caplog):
     """Running the same config again resumes from the last checkpoint and gives the same results."""
     checkpoints = sorted(p.name for p in (tiny_run["run_dir"] / "checkpoints").glob("checkpoint-*"))
     with caplog.at_level(logging.INFO, logger="lorafit.train"):
-        again = run(tiny_run["cfg"])
+        again = run(tiny_run["cfg"]).to_dict()
     assert any("resuming from" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in (tiny_run["run_dir"] / "checkpoints").glob("checkpoint-*")) == checkpoints
     first = tiny_run["metrics_json"]
@@ -202,7 +207,7 @@ def test_minilm_quick_run(tmp_path):
         "train.epochs=1", "train.batch_size=16", "train.learning_rate=1e-3", "train.precision=fp32",
         "train.optim=adamw_torch", "train.logging_steps=2", "train.save_total_limit=1",
     ])
-    metrics = run(cfg)
+    metrics = run(cfg).to_dict()
     run_dir = tmp_path / "minilm-quick"
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val_accuracy"] == metrics["val_accuracy"]

@@ -55,7 +55,7 @@ def full_run(tiny_roberta_dir, tmp_path_factory) -> dict:
           "selftrain.enabled=true", "selftrain.rounds=1", "selftrain.epochs=1", "selftrain.threshold=0.0",
           "predict.prior=uniform"])
     cfg = load_config(None, [*on, *tiny_overrides(tiny_roberta_dir, csvs, root / "runs")])
-    metrics = run(cfg)
+    metrics = run(cfg).to_dict()
     run_dir = root / "runs" / "tiny"
     return {"cfg": cfg, "metrics": metrics, "run_dir": run_dir, "root": root,
             "html": (run_dir / "report.html").read_text(encoding="utf-8")}
@@ -278,10 +278,12 @@ def test_model_card_names_the_hub_id_of_the_shipped_minilm():
 
 def test_self_training_rows_show_the_proxy_with_the_target_prior():
     from lorafit.report_page import _data
+    from lorafit.runs import RunMetrics
 
     rnd = {"round": 1, "mode": "student", "kept_per_class": [2, 2], "kept": 4, "val_accuracy": 0.9,
            "proxy_accuracy": 0.7525, "proxy_accuracy_prior": 0.7650, "proxy_accuracy_target_prior": 0.7775}
-    body = _data({"metrics": {"data": {"source_rows": 10}, "selftrain": [rnd]}, "labels": ["a", "b"]})
+    m = RunMetrics(val_accuracy=0.9, val_macro_f1=0.9, data={"source_rows": 10}, selftrain=[rnd])
+    body = _data({"metrics": m, "labels": ["a", "b"]})
     assert "<th class=\"n\">proxy acc, target prior</th>" in body
     row = re.search(r"<tr><td class=\"n\">1</td>.*?</tr>", body, re.S).group(0)
     assert row.endswith('<td class="n">75.25%</td><td class="n">77.75%</td></tr>'), row

@@ -15,7 +15,8 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "seed_spread.py"
 
 def _run(folder: Path, dev: float, proxy=None, prior=None, rounds=None, corroborated=None, corr_prior=None) -> None:
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"val_accuracy": dev, "selftrain": rounds or []}))
+    # a finished run's metrics.json as an older lorafit wrote it (no schema_version), cut to what the script reads
+    (folder / "metrics.json").write_text(json.dumps({"val_accuracy": dev, "val_macro_f1": dev, "selftrain": rounds or []}))
     if proxy is not None:
         (folder / "proxy-none.json").write_text(json.dumps({"accuracy": proxy}))
     if prior is not None:
@@ -30,7 +31,7 @@ def test_groups_give_mean_sample_sd_and_values(tmp_path, capsys):
     main = runpy.run_path(str(SCRIPT))["main"]
     _run(tmp_path / "a", 0.90, 0.80, 0.82, corroborated=0.96, corr_prior=0.95)
     _run(tmp_path / "b", 0.92, 0.84, 0.86, corroborated=0.97, corr_prior=0.93)
-    round_1 = {"teacher_val_accuracy": 0.91, "teacher_proxy_accuracy": 0.85, "teacher_proxy_accuracy_prior": 0.86,
+    round_1 = {"round": 1, "teacher_val_accuracy": 0.91, "teacher_proxy_accuracy": 0.85, "teacher_proxy_accuracy_prior": 0.86,
                "val_accuracy": 0.91, "proxy_accuracy": 0.75, "proxy_accuracy_prior": 0.77}
     _run(tmp_path / "s", 0.89, rounds=[round_1])  # a student run: proxy logged by its round
     _run(tmp_path / "ens", 0.93, rounds=[round_1])

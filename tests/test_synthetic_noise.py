@@ -202,7 +202,7 @@ def test_selftrain_rounds_judge_the_synthetic_rows(tiny_roberta_dir, tiny_csvs, 
 
     monkeypatch.setattr(selftrain, "judge_synthetic", judge)
     monkeypatch.setattr(selftrain, "with_teacher_logits", merged_rows)
-    m = pipeline.run(cfg)
+    m = pipeline.run(cfg).to_dict()
     saved = datasets.load_from_disk(str(tmp_path / "runs" / "judge" / "data" / "train"))
     assert saved.column_names == ["text", "label", "synthetic"] and sum(saved["synthetic"]) == 8
     (rec,) = m["selftrain"]

@@ -24,17 +24,18 @@ import numpy as np
 
 from lorafit.augment import (augment_training_data, augmentation_enabled, check_augment_inputs,
                              check_augmentation_ready)
-from lorafit.budget import check_budget
+from lorafit.budget import BudgetReport, check_budget
 from lorafit.config import Config, save_config
 from lorafit.data import PreparedData, load_labeled, prepare_data
-from lorafit.io_utils import (atomic_write_json, atomic_write_text, check_unlocked, is_ours, lock_folder, mark_ours,
+from lorafit.io_utils import (atomic_write_text, check_unlocked, is_ours, lock_folder, mark_ours,
                               release_folder, remove_ours, save_dataset)
 from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
 from lorafit.inference import predict_with_config
 from lorafit.predict import label_prior, predict_and_submit
 from lorafit.metrics import classification_metrics
-from lorafit.runs import check_run_dir, is_legacy_run
+import lorafit.runs as runs
+from lorafit.runs import RunFacts, RunMetrics, check_run_dir, is_legacy_run, write_metrics
 from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves,
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
@@ -46,9 +47,9 @@ RUN_FOLDER = "run folder (output_dir/name)"
 
 
 def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = False,
-        timer: Optional[StageTimer] = None, callbacks: Optional[list] = None) -> dict:
-    """Run every enabled stage of ``cfg``; returns the metrics dict also saved as metrics.json
-    (empty on the other processes of a multi-process run).
+        timer: Optional[StageTimer] = None, callbacks: Optional[list] = None) -> Optional[RunMetrics]:
+    """Run every enabled stage of ``cfg``; returns the run's results, also saved as metrics.json
+    (None on the other processes of a multi-process run).
 
     ``prepared``: the data stage's result when the caller already ran it (the CLI does, to fail
     fast on bad data before the model stack is imported). ``fresh``: replace a previous run in
@@ -57,7 +58,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
     timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds
     run_dir = check_run_dir(cfg, fresh)  # writable, and not another adapter shape's run folder
-    if int(os.environ.get("RANK", "0")) == 0:  # another process writing this folder: refused now, not after loading
+    if is_first_process():  # another process writing this folder: refused now, not after loading
         check_unlocked(run_dir, RUN_FOLDER)
     data = prepared or prepare_data(cfg)  # a bad data file fails here, before the model stack loads
     log.info("data: %s", data.stats)
@@ -65,24 +66,13 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
     proxy = load_proxy(cfg)  # a bad selftrain.proxy file fails here, before training
     budget = check_budget(cfg)  # before any weight is loaded
-    tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
-    # one adapter so far: the budget counts it times the adapters the run's model will average
-    assert model.get_nb_trainable_parameters()[0] == budget.per_adapter, "budget count and loaded model disagree"
+    tokenizer, model = load_model(cfg, budget)
     timer.lap("model")
     is_main = start_run_folder(cfg, run_dir, fresh)
 
-    train, aug_report = (augment_training_data(cfg, data.train, data.target, run_dir) if augmentation_enabled(cfg)
-                         else (data.train, {}))
-    if is_main:
-        save_dataset(train, run_dir / "data" / "train")
-        save_dataset(data.val, run_dir / "data" / "val")
-    timer.lap("augment" if aug_report else "data")
-
-    train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
-    unlabeled = data.target["text"][:] if cfg.train.consistency.enabled else None  # checked: there is a target
-    trained = train_adapters(cfg, model, tokenizer, train_in, data.val, run_dir / "checkpoints", cfg.train.adapters,
-                             callbacks=callbacks, unlabeled=unlabeled)
-    train_seconds = time.time() - start
+    train, facts = augmented_training_set(cfg, data, run_dir, budget, save=is_main)
+    timer.lap("augment" if facts.augment else "data")
+    trained, train_seconds = train_main(cfg, model, tokenizer, train, data, run_dir, callbacks)
     timer.lap("train")
     selftrain = SelfTrainResult()
     if cfg.selftrain.enabled and data.target is not None:
@@ -91,35 +81,87 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
         model = selftrain.model  # the last round's model (a fresh student in student mode) is the run's
         timer.lap("selftrain")
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
-        return {}
-    history = trained.history + selftrain.history
-    if len(adapter_names(model)) > 1 and len(adapter_names(model)) != budget.adapters:
-        log.warning("the run's model averages %d adapters but the budget counted %d", len(adapter_names(model)),
-                    budget.adapters)
-    facts = {"budget": budget.to_dict(), "data": data.stats, "train_rows": len(train), "augment": aug_report}
-    save_trained(model, tokenizer, history, run_dir)
-    write_model_card(run_dir, cfg, facts)  # the adapter's card at once; the results are added at the end
-    model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora)  # training is over
+        return None
+    model = save_model(cfg, model, tokenizer, trained.history + selftrain.history, run_dir, facts)
     timer.lap("save")
 
-    each: dict = {}  # an ensemble's adapters' validation logits
-    val_metrics = evaluate(model, tokenizer, cfg, data.val, each=each)
-    plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / "confusion_matrix.png")
-    plot_curves(history, run_dir / "curves.png")
+    metrics = evaluate_run(cfg, model, tokenizer, data.val, facts, trained, selftrain, train_seconds, run_dir)
     timer.lap("evaluate")
-    metrics = {"val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"], "val": val_metrics,
-               **facts, "selftrain": selftrain.rounds, "train_seconds": round(train_seconds, 1)}
-    metrics.update(ensemble_metrics(cfg, each, val_metrics, data.val, trained))
-
     if data.target is not None:
-        metrics["target"] = predict_and_submit(
-            cfg, data.target["text"], run_dir / "submission.csv", run_dir=run_dir, model=model, tokenizer=tokenizer,
-            logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)),
-            ids=data.target["id"] if "id" in data.target.column_names else None)
+        metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir)
         timer.lap("predict")
     finish_run(cfg, run_dir, metrics, timer, data.target)
     release_folder(run_dir)
     return metrics
+
+
+def is_first_process() -> bool:
+    """Whether this process writes the run's files (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_model(cfg: Config, budget: BudgetReport):
+    """The tokenizer and the model with its first adapter, checked against the budget's count."""
+    tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
+    # one adapter so far: the budget counts it times the adapters the run's model will average
+    assert model.get_nb_trainable_parameters()[0] == budget.per_adapter, "budget count and loaded model disagree"
+    return tokenizer, model
+
+
+def augmented_training_set(cfg: Config, data: PreparedData, run_dir: Path, budget: BudgetReport,
+                           save: bool) -> tuple[datasets.Dataset, RunFacts]:
+    """The training set (augmented when any augmentation is enabled), saved with the validation set
+    under ``data/`` (``save``: first process only), and the run's facts so far."""
+    train, report = (augment_training_data(cfg, data.train, data.target, run_dir) if augmentation_enabled(cfg)
+                     else (data.train, {}))
+    if save:
+        save_dataset(train, run_dir / runs.DATA / "train")
+        save_dataset(data.val, run_dir / runs.DATA / "val")
+    return train, RunFacts(budget=budget.to_dict(), data=data.stats, train_rows=len(train), augment=report)
+
+
+def train_main(cfg: Config, model, tokenizer, train: datasets.Dataset, data: PreparedData, run_dir: Path,
+               callbacks: Optional[list]) -> tuple[TrainedAdapters, float]:
+    """The main training (``train.adapters`` adapters, with distillation's teacher logits and the
+    consistency loss on the target texts when enabled); returns them and the seconds training took."""
+    train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
+    unlabeled = data.target["text"][:] if cfg.train.consistency.enabled else None  # checked: there is a target
+    trained = train_adapters(cfg, model, tokenizer, train_in, data.val, run_dir / runs.CHECKPOINTS,
+                             cfg.train.adapters, callbacks=callbacks, unlabeled=unlabeled)
+    return trained, time.time() - start
+
+
+def save_model(cfg: Config, model, tokenizer, history: list, run_dir: Path, facts: RunFacts):
+    """Save the run's model, its training log and its model card (results are added at the end);
+    returns the model prepared for prediction (training is over)."""
+    n, counted = len(adapter_names(model)), facts.budget.get("adapters", 1)
+    if n > 1 and n != counted:
+        log.warning("the run's model averages %d adapters but the budget counted %d", n, counted)
+    save_trained(model, tokenizer, history, run_dir)
+    write_model_card(run_dir, cfg, facts)  # the adapter's card at once; the results are added at the end
+    return for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora)
+
+
+def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: RunFacts, trained: TrainedAdapters,
+                 selftrain: SelfTrainResult, train_seconds: float, run_dir: Path) -> RunMetrics:
+    """The run's results on the validation set (with the confusion and curves plots)."""
+    each: dict = {}  # an ensemble's adapters' validation logits
+    val_metrics = evaluate(model, tokenizer, cfg, val, each=each)
+    plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / runs.CONFUSION_PLOT)
+    plot_curves(trained.history + selftrain.history, run_dir / runs.CURVES_PLOT)
+    return RunMetrics(val_accuracy=val_metrics["accuracy"], val_macro_f1=val_metrics["macro_f1"], val=val_metrics,
+                      **facts.to_dict(), selftrain=selftrain.rounds, train_seconds=round(train_seconds, 1),
+                      **ensemble_metrics(cfg, each, val_metrics, val, trained))
+
+
+def predict_target_set(cfg: Config, model, tokenizer, target: datasets.Dataset, train: datasets.Dataset,
+                       selftrain: SelfTrainResult, run_dir: Path) -> dict:
+    """Predict the target set with the label prior (reusing self-training's last predictions) and
+    write submission.csv; returns metrics.json's ``target``."""
+    return predict_and_submit(
+        cfg, target["text"], run_dir / runs.SUBMISSION, run_dir=run_dir, model=model, tokenizer=tokenizer,
+        logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)),
+        ids=target["id"] if "id" in target.column_names else None)
 
 
 def load_proxy(cfg: Config) -> Optional[datasets.Dataset]:
@@ -134,7 +176,7 @@ def load_proxy(cfg: Config) -> Optional[datasets.Dataset]:
 def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
     """Make the run folder and save the resolved config in it (first process only; ``fresh``
     replaces an earlier run). Returns whether this is the process that writes files."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = is_first_process()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         check_augmentation_ready(cfg, run_dir)
     if is_main:
@@ -145,7 +187,7 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
             remove_ours(run_dir, "run folder (output_dir/name)", legacy=is_legacy_run)
         mark_ours(run_dir, "run")
         lock_folder(run_dir, RUN_FOLDER)  # held until this process ends: a second run here is refused
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / runs.CONFIG)
     return is_main
 
 
@@ -174,50 +216,51 @@ def ensemble_metrics(cfg: Config, each: dict, val_metrics: dict, val: datasets.D
     return out
 
 
-def finish_run(cfg: Config, run_dir: Path, metrics: dict, timer: StageTimer,
+def finish_run(cfg: Config, run_dir: Path, metrics: RunMetrics, timer: StageTimer,
                target: Optional[datasets.Dataset]) -> None:
     """metrics.json (with times per stage and the environment), summary.md, the model card with
     the results, and report.html."""
-    metrics["stage_seconds"] = dict(timer.seconds)
-    metrics["environment"] = environment()
-    metrics["wall_seconds"] = round(timer.total(), 1)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "summary.md", summary(cfg, metrics))
+    metrics.stage_seconds = dict(timer.seconds)
+    metrics.environment = environment()
+    metrics.wall_seconds = round(timer.total(), 1)
+    write_metrics(run_dir, metrics)
+    atomic_write_text(run_dir / runs.SUMMARY, summary(cfg, metrics))
     write_model_card(run_dir, cfg, metrics)
     try:  # the run's results are saved; a report that cannot be drawn must not fail the run
         write_report(run_dir, target_texts=target["text"][:] if target is not None else None)
     except Exception:
-        log.exception("could not write %s; retry with `lorafit report %s`", run_dir / "report.html", run_dir)
+        log.exception("could not write %s; retry with `lorafit report %s`", run_dir / runs.REPORT, run_dir)
 
 
-def summary(cfg: Config, m: dict) -> str:
+def summary(cfg: Config, m: RunMetrics) -> str:
+    """summary.md: the run in a few lines (what the CLI prints at the end of ``lorafit run``)."""
     names = list(map(str, cfg.data.labels))
+    b = m.budget
     lines = [
         f"# lorafit run `{cfg.name}`",
         "",
         f"- model: {cfg.model.name}; LoRA r={cfg.lora.r} alpha={cfg.lora.lora_alpha} on {cfg.lora.target_modules}",
-        f"- trainable params: {m['budget']['trainable']:,} of {m['budget']['total']:,} "
-        f"(budget {m['budget']['max_trainable']:,})",
-        f"- train rows: {m['train_rows']:,}; validation rows: {m['data']['val_rows']:,}",
-        f"- validation accuracy: {100 * m['val_accuracy']:.2f}%  macro-F1: {100 * m['val_macro_f1']:.2f}%",
-        f"- training time: {m['train_seconds']:.0f} s; wall time: {m['wall_seconds']:.0f} s",
+        f"- trainable params: {b['trainable']:,} of {b['total']:,} (budget {b['max_trainable']:,})",
+        f"- train rows: {m.train_rows:,}; validation rows: {m.data['val_rows']:,}",
+        f"- validation accuracy: {100 * m.val_accuracy:.2f}%  macro-F1: {100 * m.val_macro_f1:.2f}%",
+        f"- training time: {m.train_seconds:.0f} s; wall time: {m.wall_seconds:.0f} s",
     ]
-    if "ensemble" in m:
-        e = m["ensemble"]
-        each = m["budget"].get("trainable_per_adapter", 0)
+    if m.ensemble:
+        e = m.ensemble
+        each = b.get("trainable_per_adapter", 0)
         lines.append(f"- ensemble of {e['adapters']} adapters ({each:,} trainable each), probabilities averaged; "
                      "validation accuracy per adapter: "
                      + ", ".join(f"{n} {100 * a:.2f}%" for n, a in zip(e["names"], e["val_accuracy_per_adapter"])))
-    if "target" in m:
-        dist = ", ".join(f"{n} {c}" for n, c in zip(names, m["target"]["predicted_distribution"]))
-        lines.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist}) -> submission.csv")
-    for r in m.get("selftrain", []):
-        scores = "".join(f"; {name} {100 * r[key]:.2f}%" for key, name in
-                         (("val_accuracy", "validation accuracy"), ("proxy_accuracy", "proxy accuracy"),
-                          ("proxy_accuracy_target_prior", "with the target prior")) if key in r)
-        changed = f"; {r['target_changed']:,} target labels changed" if "target_changed" in r else ""
-        by = f", labeled by the {r['teacher']}" if r.get("teacher") not in (None, "first teacher", "previous round") else ""
-        lines.append(f"- self-training round {r['round']} ({r.get('mode', 'continue')}{by}): kept "
-                     f"{r['kept_per_class']} per class{changed}{scores}")
+    if m.target:
+        dist = ", ".join(f"{n} {c}" for n, c in zip(names, m.target["predicted_distribution"]))
+        lines.append(f"- target set: {m.target['rows']:,} rows predicted ({dist}) -> submission.csv")
+    for r in m.selftrain:
+        scores = "".join(f"; {name} {100 * value:.2f}%" for value, name in
+                         ((r.val_accuracy, "validation accuracy"), (r.proxy_accuracy, "proxy accuracy"),
+                          (r.proxy_accuracy_target_prior, "with the target prior")) if value is not None)
+        changed = f"; {r.target_changed:,} target labels changed" if r.target_changed is not None else ""
+        by = f", labeled by the {r.teacher}" if r.teacher not in (None, "first teacher", "previous round") else ""
+        lines.append(f"- self-training round {r.round} ({r.mode}{by}): kept {r.kept_per_class} per class"
+                     f"{changed}{scores}")
     lines.append(f"- files: {cfg.run_dir}/ (report.html, config.yaml, metrics.json, curves.png, model/)")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,8 @@ import numpy as np
 from lorafit.config import flatten
 from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
 from lorafit.metrics import distribution
-from lorafit.runs import read_json_file, read_target_probs
+import lorafit.runs as runs
+from lorafit.runs import RunFacts, RunMetrics, read_metrics, read_target_probs
 from lorafit.report_page import esc, page, pct, render_model_card, render_report, table
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,9 @@ def _read_json(path: Path, default):
 
 
 def read_run(run_dir: Path | str) -> dict:
-    """The facts of a run folder: ``metrics`` and ``config`` (raw dicts, {} when absent),
-    ``cfg`` (the validated Config, or None) and ``history`` (the training log, [] when absent)."""
+    """The facts of a run folder: ``metrics`` (:class:`RunMetrics`, None when the run has not
+    finished), ``config`` (the raw dict, {} when absent), ``cfg`` (the validated Config, or None)
+    and ``history`` (the training log, [] when absent)."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -250,30 +252,29 @@ def read_run(run_dir: Path | str) -> dict:
         raise FileNotFoundError(errno.ENOENT, "no such run folder", str(run_dir))
     # a damaged metrics.json is refused, never taken for an absent one (the page and the model card
     # would be written again without the run's results)
-    metrics = read_json_file(run_dir / "metrics.json", "results", f"restore it, or run `lorafit run "
-                             f"{run_dir / 'config.yaml'}` to write it again (training resumes from its last checkpoint)") or {}
+    metrics = read_metrics(run_dir)
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         config = {}
-    if not metrics and not config:
+    if metrics is None and not config:
         raise FileNotFoundError(errno.ENOENT, "not a run folder (neither metrics.json nor config.yaml in it)", str(run_dir))
     cfg = None
     if config:
         from lorafit.config import ConfigError, load_config
 
         try:
-            cfg = load_config(run_dir / "config.yaml")
+            cfg = load_config(run_dir / runs.CONFIG)
         except ConfigError as e:  # e.g. a run written by an older lorafit with other keys
             log.info("%s/config.yaml does not load with this lorafit (%s); the report shows it as written", run_dir, e)
     return {"dir": run_dir, "metrics": metrics, "config": config, "cfg": cfg,
-            "history": _read_json(run_dir / "train_log.json", [])}
+            "history": _read_json(run_dir / runs.TRAIN_LOG, [])}
 
 
 def _labels(run: dict) -> list[str]:
     if run["cfg"] is not None:
         return list(map(str, run["cfg"].data.labels))
-    per_class = run["metrics"].get("val", {}).get("per_class")
+    per_class = run["metrics"].val.get("per_class") if run["metrics"] else None
     if per_class:
         return list(per_class)
     return list(map(str, run["config"].get("data", {}).get("labels", [])))
@@ -308,16 +309,16 @@ def _training_set(run_dir: Path) -> Optional[tuple[list[str], list[int]]]:
         return None
 
 
-def generator_facts(run_dir: Path, cfg, metrics: dict) -> Optional[dict]:
+def generator_facts(run_dir: Path, cfg, metrics: Optional[RunFacts]) -> Optional[dict]:
     """What wrote the run's synthetic samples and how good they are: the LM (name, license, size),
     its adaptation (method, steps, held-out target perplexity before and after), the generation
     speed, and the quality measures of the generated and ``augment.extra`` samples. None when the
     run generated nothing and measured no extra samples."""
-    lm_dir = Path(cfg.augment.lm.output) if cfg is not None and cfg.augment.lm.output else run_dir / "lm"
-    adapt = _read_json(lm_dir / "train_log.json", {})
-    manifest = _read_json(run_dir / "synthetic" / "manifest.json", {})
-    quality = (metrics.get("augment") or {}).get("quality") or _read_json(run_dir / "augment_report.json", {}).get(
-        "quality") or {}
+    lm_dir = Path(cfg.augment.lm.output) if cfg is not None and cfg.augment.lm.output else run_dir / runs.LM
+    adapt = _read_json(lm_dir / runs.TRAIN_LOG, {})
+    manifest = _read_json(run_dir / runs.SYNTHETIC / "manifest.json", {})
+    quality = ((metrics.augment.get("quality") if metrics else None)
+               or _read_json(run_dir / runs.AUGMENT_REPORT, {}).get("quality") or {})
     if not (adapt or manifest or quality):
         return None
     gen = manifest.get("generator") or adapt.get("generator") or {}
@@ -345,7 +346,7 @@ def _synthetic_samples(run_dir: Path) -> list[dict]:
 
 def _target_probs(run_dir: Path, texts: Optional[Sequence[str]]) -> Optional[np.ndarray]:
     """The run's saved target probabilities; None when absent or saved for other texts than ``texts``."""
-    path = run_dir / "target_probs.npz"
+    path = run_dir / runs.TARGET_PROBS
     if not path.is_file():
         return None
     probs, digest = read_target_probs(path)  # a damaged file is a one-line error naming it
@@ -357,7 +358,7 @@ def _target_probs(run_dir: Path, texts: Optional[Sequence[str]]) -> Optional[np.
 def _submission_labels(run_dir: Path, n: int) -> Optional[np.ndarray]:
     import csv
 
-    path = run_dir / "submission.csv"
+    path = run_dir / runs.SUBMISSION
     if not path.is_file():
         return None
     with open(path, encoding="utf-8", newline="") as f:
@@ -428,7 +429,7 @@ def report_facts(run_dir: Path | str, target_texts: Optional[Sequence[str]] = No
 
     # target predictions: examples, distributions before/after the prior, the EM estimate
     probs = _target_probs(run_dir, target_texts)
-    tm = m.get("target") or {}
+    tm = (m.target if m else None) or {}
     f["target_examples"], f["prior"] = None, None
     if probs is not None and probs.shape[1] == k:
         conf, raw = probs.max(1), probs.argmax(1)
@@ -484,7 +485,7 @@ def write_report(run_dir: Path | str, target_texts: Optional[Sequence[str]] = No
     ``target_texts``: the run's cleaned target texts when the caller has them (the pipeline), else
     they are read again from the config's ``data.target``.
     """
-    path = Path(run_dir) / "report.html"
+    path = Path(run_dir) / runs.REPORT
     atomic_write_text(path, render_report(report_facts(run_dir, target_texts)))
     return path
 
@@ -508,13 +509,13 @@ def compare_runs(run_dirs: Sequence[Path | str]) -> tuple[list[str], list[tuple[
     """Runs side by side: ``(run names, rows)`` with one row per config key whose value differs
     between the runs, then the results (validation accuracy and macro-F1, target distribution,
     trainable parameters, rows, times per stage). A field a run lacks is an empty cell."""
-    runs = [read_run(d) for d in run_dirs]
-    names = [r["dir"].name for r in runs]
+    loaded = [read_run(d) for d in run_dirs]
+    names = [r["dir"].name for r in loaded]
     if len(set(names)) < len(names):
-        names = [str(r["dir"]) for r in runs]
+        names = [str(r["dir"]) for r in loaded]
     # the resolved config (defaults filled in) where it loads, so a key a newer lorafit added does not
     # show as a difference; the raw YAML otherwise
-    flat = [flatten(r["cfg"].to_dict() if r["cfg"] is not None else r["config"]) for r in runs]
+    flat = [flatten(r["cfg"].to_dict() if r["cfg"] is not None else r["config"]) for r in loaded]
     rows: list[tuple[str, list[str]]] = []
     keys: list[str] = []
     for f in flat:
@@ -527,29 +528,31 @@ def compare_runs(run_dirs: Sequence[Path | str]) -> tuple[list[str], list[tuple[
             rows.append((k, ["" if v is _ABSENT else _cell(v) for v in values]))
 
     def metric(fn) -> list[str]:
+        """One results row: ``fn`` of each run's :class:`RunMetrics`; a run without the field (or
+        without metrics.json) gets an empty cell."""
         out = []
-        for r in runs:
+        for r in loaded:
             try:
-                v = fn(r["metrics"])
+                v = fn(r["metrics"]) if r["metrics"] is not None else None
             except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError):
                 v = None
             out.append("" if v is None else v)
         return out
 
-    rows.append(("val accuracy", metric(lambda m: pct(m["val_accuracy"]))))
-    rows.append(("val macro-F1", metric(lambda m: pct(m["val_macro_f1"]))))
-    rows.append(("target predicted", metric(lambda m: " / ".join(map(str, m["target"]["predicted_distribution"])))))
-    rows.append(("target prior", metric(lambda m: m["target"]["prior"]["mode"])))
-    rows.append(("trainable params", metric(lambda m: f"{m['budget']['trainable']:,}")))
-    rows.append(("train rows", metric(lambda m: f"{m['train_rows']:,}")))
+    rows.append(("val accuracy", metric(lambda m: pct(m.val_accuracy))))
+    rows.append(("val macro-F1", metric(lambda m: pct(m.val_macro_f1))))
+    rows.append(("target predicted", metric(lambda m: " / ".join(map(str, m.target["predicted_distribution"])))))
+    rows.append(("target prior", metric(lambda m: m.target["prior"]["mode"])))
+    rows.append(("trainable params", metric(lambda m: f"{m.budget['trainable']:,}")))
+    rows.append(("train rows", metric(lambda m: f"{m.train_rows:,}")))
     stages: list[str] = []
-    for r in runs:
-        stages += [s for s in r["metrics"].get("stage_seconds", {}) if s not in stages]
+    for r in loaded:
+        stages += [s for s in (r["metrics"].stage_seconds if r["metrics"] else {}) if s not in stages]
     stages.sort(key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
     for s in stages:
-        rows.append((f"time: {s} (s)", metric(lambda m, s=s: f"{m['stage_seconds'][s]:.1f}")))
-    rows.append(("train time (s)", metric(lambda m: f"{m['train_seconds']:.1f}")))
-    rows.append(("wall time (s)", metric(lambda m: f"{m['wall_seconds']:.1f}")))
+        rows.append((f"time: {s} (s)", metric(lambda m, s=s: f"{m.stage_seconds[s]:.1f}")))
+    rows.append(("train time (s)", metric(lambda m: f"{m.train_seconds:.1f}")))
+    rows.append(("wall time (s)", metric(lambda m: f"{m.wall_seconds:.1f}")))
     return names, rows
 
 
@@ -579,12 +582,14 @@ def comparison_html(names: list[str], rows: list[tuple[str, list[str]]]) -> str:
 # ------------------------------------------------------------------ the model card
 
 
-def model_card(cfg, metrics: Optional[dict] = None) -> str:
-    """A Hugging Face model card (README.md with YAML front matter) for a run's adapter."""
-    return render_model_card(cfg, metrics or {})
+def model_card(cfg, metrics: Optional[RunFacts] = None) -> str:
+    """A Hugging Face model card (README.md with YAML front matter) for a run's adapter: with the
+    results when ``metrics`` is the finished run's :class:`RunMetrics`, else with the facts known
+    before evaluation (:class:`RunFacts`) or none."""
+    return render_model_card(cfg, metrics if metrics is not None else RunFacts())
 
 
-def write_model_card(run_dir: Path | str, cfg, metrics: Optional[dict] = None) -> Path:
+def write_model_card(run_dir: Path | str, cfg, metrics: Optional[RunFacts] = None) -> Path:
     """Write ``<run_dir>/model/README.md`` (atomically), replacing PEFT's placeholder card."""
     path = Path(run_dir) / "model" / "README.md"
     atomic_write_text(path, model_card(cfg, metrics))

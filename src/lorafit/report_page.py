@@ -8,6 +8,7 @@ from typing import Optional
 from string import Template
 
 from lorafit.config import hub_model_id
+from lorafit.runs import RunFacts, RunMetrics
 
 # Plain CSS: system fonts, a narrow column, tables that read at a glance. No external URL.
 STYLE = """
@@ -132,37 +133,38 @@ def _get(d: dict, *path, default=None):
 
 
 def _headline(f: dict) -> str:
-    m, labels = f["metrics"], f["labels"]
-    if "val_accuracy" not in m:
+    m: Optional[RunMetrics] = f["metrics"]
+    labels = f["labels"]
+    if m is None:
         return missing("No metrics.json in this run folder (the run did not finish): no results to show.")
-    cards = [card(pct(m["val_accuracy"]), "validation accuracy"), card(pct(m["val_macro_f1"]), "validation macro-F1")]
-    if "wall_seconds" in m:
-        cards.append(card(secs(m["wall_seconds"]), "wall time"))
-    b = m.get("budget") or {}
+    cards = [card(pct(m.val_accuracy), "validation accuracy"), card(pct(m.val_macro_f1), "validation macro-F1")]
+    if m.wall_seconds is not None:
+        cards.append(card(secs(m.wall_seconds), "wall time"))
+    b = m.budget
     if "trainable" in b:
         cards.append(card(num(b["trainable"]), f"trainable parameters (limit {num(b.get('max_trainable', '?'))})"))
-    if "train_rows" in m:
-        cards.append(card(num(m["train_rows"]), "training rows"))
+    if m.train_rows is not None:
+        cards.append(card(num(m.train_rows), "training rows"))
     out = f'<div class="cards">{"".join(cards)}</div>'
-    dist = _get(m, "target", "predicted_distribution")
+    dist = _get(m.target, "predicted_distribution")
     if dist:
         total = sum(dist) or 1
         rows = [[esc(n), num(c), pct(c / total), bar(c / total)] for n, c in zip(labels, dist)]
-        out += (f"<h3>Target predictions per class ({num(m['target']['rows'])} rows, submission.csv)</h3>"
+        out += (f"<h3>Target predictions per class ({num(m.target['rows'])} rows, submission.csv)</h3>"
                 + table(["class", "predicted", "share", ""], rows, numeric={1, 2}))
     else:
         out += missing("No target set in this run: no predictions per class.")
-    e = m.get("ensemble")
+    e = m.ensemble
     if e:
         rows = [[esc(n), pct(a)] for n, a in zip(e.get("names", []), e.get("val_accuracy_per_adapter", []))]
-        rows.append(["<b>ensemble (mean probability)</b>", f"<b>{pct(e.get('val_accuracy', m['val_accuracy']))}</b>"])
+        rows.append(["<b>ensemble (mean probability)</b>", f"<b>{pct(e.get('val_accuracy', m.val_accuracy))}</b>"])
         out += (f"<h3>Ensemble of {num(e.get('adapters', len(rows) - 1))} adapters on one frozen base</h3>"
                 + table(["adapter", "validation accuracy"], rows, numeric={1}))
     return out
 
 
 def _budget(f: dict) -> str:
-    b = f["metrics"].get("budget")
+    b = f["metrics"].budget if f["metrics"] else None
     if not b:
         return missing("metrics.json has no budget record.")
     limit = b.get("max_trainable") or 1
@@ -187,10 +189,11 @@ def _budget(f: dict) -> str:
 
 
 def _data(f: dict) -> str:
-    m, labels = f["metrics"], f["labels"]
-    d, aug, st = m.get("data") or {}, m.get("augment") or {}, m.get("selftrain")
-    if not d:
+    m: Optional[RunMetrics] = f["metrics"]
+    labels = f["labels"]
+    if m is None or not m.data:
         return missing("metrics.json has no data record.")
+    d, aug, st = m.data, m.augment, m.selftrain
     rows = []
 
     def add(stage, n, detail=""):
@@ -216,7 +219,7 @@ def _data(f: dict) -> str:
     if sel:
         add("kept by selection", sel.get("kept"),
             f"of {num(sel.get('input'))}; per class: {per_class(sel.get('kept_per_class'))}")
-    add("training set used", m.get("train_rows"))
+    add("training set used", m.train_rows)
     add("target rows (unlabeled)", d.get("target_rows"))
     out = table(["stage", "rows", "detail"], rows, numeric={1})
     if not ar:
@@ -228,21 +231,21 @@ def _data(f: dict) -> str:
     out += "<h3>Self-training</h3>"
     if st:
         score = lambda x: pct(x) if isinstance(x, float) else ""  # noqa: E731 (absent in older runs)
+        blank = lambda x: "" if x is None else num(x)  # noqa: E731
         out += table(["round", "mode", "confident per class", "cap", "pseudo-labels kept per class", "kept",
                       "trained on", "target predicted before", "after", "labels changed", "validation acc",
                       "proxy acc", "proxy acc, target prior"],
-                     [[num(r.get("round")), esc(r.get("mode", "continue")), per_class(r.get("confident_per_class")),
-                       num(r.get("cap")), per_class(r.get("kept_per_class")), num(r.get("kept")),
-                       num(r.get("train_rows", "")), per_class(r.get("target_distribution_before")),
-                       per_class(r.get("target_distribution_after")), num(r.get("target_changed", "")),
-                       score(r.get("val_accuracy")), score(r.get("proxy_accuracy")),
-                       score(r.get("proxy_accuracy_target_prior"))]
+                     [[num(r.round), esc(r.mode), per_class(r.confident_per_class), num(r.cap),
+                       per_class(r.kept_per_class), num(r.kept), blank(r.train_rows),
+                       per_class(r.target_distribution_before), per_class(r.target_distribution_after),
+                       blank(r.target_changed), score(r.val_accuracy), score(r.proxy_accuracy),
+                       score(r.proxy_accuracy_target_prior)]
                       for r in st], numeric={0, 3, 5, 6, 9, 10, 11, 12})
         for r in st:  # an ensemble per round (selftrain.students, train.adapters): each member's accuracy
-            each = r.get("val_accuracy_per_student") or r.get("val_accuracy_per_adapter")
-            if isinstance(each, list) and each:
-                who = "student" if "val_accuracy_per_student" in r else "adapter"
-                out += (f"<p>Round {num(r.get('round'))}: validation accuracy per {who}: "
+            each = r.val_accuracy_per_student or r.val_accuracy_per_adapter
+            if each:
+                who = "student" if r.val_accuracy_per_student else "adapter"
+                out += (f"<p>Round {num(r.round)}: validation accuracy per {who}: "
                         + ", ".join(pct(x) for x in each if isinstance(x, float)) + "</p>")
     else:
         out += missing("No self-training rounds in this run.")
@@ -257,7 +260,7 @@ def _curves(f: dict) -> str:
 
 
 def _confusion(f: dict) -> str:
-    val, labels = f["metrics"].get("val") or {}, f["labels"]
+    val, labels = f["metrics"].val if f["metrics"] else {}, f["labels"]
     cm = val.get("confusion_matrix")
     if not cm:
         return missing("metrics.json has no validation metrics.")
@@ -387,16 +390,17 @@ def _prior(f: dict) -> str:
 
 
 def _timing(f: dict) -> str:
-    m = f["metrics"]
-    st = m.get("stage_seconds")
+    m: Optional[RunMetrics] = f["metrics"]
+    st = m.stage_seconds if m else {}
     if not st:
-        known = [f"{n} {secs(m[k])}" for n, k in (("training", "train_seconds"), ("wall", "wall_seconds")) if k in m]
+        known = [f"{n} {secs(v)}" for n, v in (("training", m.train_seconds), ("wall", m.wall_seconds))
+                 if v is not None] if m else []
         return missing("This run did not record time per stage (metrics.json has no stage_seconds)"
                        + (f"; {', '.join(known)}." if known else "."))
     total = sum(st.values()) or 1
     rows = [[esc(s), secs(v), pct(v / total), bar(v / total)] for s, v in st.items()]
-    if "wall_seconds" in m:
-        rows.append(["<b>wall time</b>", secs(m["wall_seconds"]), "", ""])
+    if m.wall_seconds is not None:
+        rows.append(["<b>wall time</b>", secs(m.wall_seconds), "", ""])
     return table(["stage", "time", "share", ""], rows, numeric={1, 2})
 
 
@@ -409,7 +413,7 @@ def _config(f: dict) -> str:
 
 
 def _environment(f: dict) -> str:
-    env = f["metrics"].get("environment")
+    env = f["metrics"].environment if f["metrics"] else None
     if not env:
         return missing("This run did not record its environment (metrics.json has no environment).")
     return table(["", ""], [[esc(k), esc(v)] for k, v in env.items()])
@@ -447,24 +451,27 @@ def render_report(facts: dict) -> str:
 # ------------------------------------------------------------------ the model card
 
 
-def render_model_card(cfg, m: dict) -> str:
-    """A Hugging Face model card (README.md with YAML front matter) for a run's LoRA adapter."""
+def render_model_card(cfg, m: RunFacts) -> str:
+    """A Hugging Face model card (README.md with YAML front matter) for a run's LoRA adapter: with
+    the results when ``m`` is a finished run's :class:`RunMetrics`."""
     import yaml
+
+    results = m if isinstance(m, RunMetrics) else None
 
     labels = list(map(str, cfg.data.labels))
     front = {"library_name": "peft", "base_model": hub_model_id(str(cfg.model.name)), "pipeline_tag": "text-classification",
              "tags": ["lorafit", "lora", "peft", "text-classification"], "metrics": ["accuracy", "f1"]}
-    if "val_accuracy" in m:
+    if results:
         front["model-index"] = [{"name": str(cfg.name), "results": [{
             "task": {"type": "text-classification", "name": "Text Classification"},
             "dataset": {"type": str(cfg.data.validation or cfg.data.source),
                         "name": f"{cfg.data.validation or cfg.data.source} (validation"
                                 + ("" if cfg.data.validation else f": {cfg.data.val_fraction:g} of the source") + ")"},
-            "metrics": [{"type": "accuracy", "value": round(m["val_accuracy"], 4), "name": "validation accuracy"},
-                        {"type": "f1", "value": round(m["val_macro_f1"], 4), "name": "validation macro-F1"}]}]}]
+            "metrics": [{"type": "accuracy", "value": round(results.val_accuracy, 4), "name": "validation accuracy"},
+                        {"type": "f1", "value": round(results.val_macro_f1, 4), "name": "validation macro-F1"}]}]}]
     lo, tr, a, st = cfg.lora, cfg.train, cfg.augment, cfg.selftrain
-    b = m.get("budget") or {}
-    n_adapters = (m.get("ensemble") or {}).get("adapters") or b.get("adapters") or cfg.predictor_adapters
+    b = m.budget
+    n_adapters = ((results and results.ensemble) or {}).get("adapters") or b.get("adapters") or cfg.predictor_adapters
     what = (f"A LoRA adapter (PEFT) with a classification head for {len(labels)} classes" if n_adapters == 1 else
             f"An ensemble of {n_adapters} LoRA adapters (PEFT) on one frozen base, each with its own classification "
             f"head for {len(labels)} classes (lorafit averages their probabilities)")
@@ -483,19 +490,19 @@ def render_model_card(cfg, m: dict) -> str:
                 f"| all parameters | {b.get('total', 0):,} |", ""]
     else:
         out += [f"Limit: {cfg.budget.max_trainable:,} trainable parameters.", ""]
-    d, ar = m.get("data") or {}, (m.get("augment") or {}).get("rows") or {}
+    d, ar = m.data, m.augment.get("rows") or {}
     out += ["## Training data and augmentation", "",
             f"- source: `{cfg.data.source}`" + (f" ({d['source_rows']:,} rows)" if "source_rows" in d else ""),
             f"- validation: `{cfg.data.validation}`" if cfg.data.validation
             else f"- validation: {cfg.data.val_fraction:g} of the source, stratified",
             f"- unlabeled target set: `{cfg.data.target}`" if cfg.data.target else "- no unlabeled target set"]
     if "train_rows" in d:
-        out.append(f"- training rows: {d['train_rows']:,} from the source; {m.get('train_rows', d['train_rows']):,} "
+        out.append(f"- training rows: {d['train_rows']:,} from the source; {m.train_rows if m.train_rows is not None else d['train_rows']:,} "
                    "after augmentation")
     out.append(f"- WordNet synonyms: {'on' if a.synonyms.enabled else 'off'}"
                + (f" ({ar['synonyms']:,} copies)" if "synonyms" in ar else ""))
     out.append(f"- language model adapted to the target texts: {'`' + a.lm.model + '`' if a.lm.enabled else 'off'}"
-               + generator_line((m.get("augment") or {}).get("generator")))
+               + generator_line(m.augment.get("generator")))
     out.append(f"- generated samples: {'on' if a.generate.enabled else 'off'}"
                + (f" ({ar.get('synthetic_generated', 0):,} generated, {ar.get('synthetic', 0):,} kept by selection)"
                   if "synthetic_generated" in ar else ""))
@@ -517,17 +524,17 @@ def render_model_card(cfg, m: dict) -> str:
     if extra:
         out.insert(-1, "- " + "; ".join(extra))
     out += ["## Results", ""]
-    if "val_accuracy" in m:
-        out += [f"- validation accuracy: {pct(m['val_accuracy'])}; macro-F1: {pct(m['val_macro_f1'])}"]
-        if m.get("ensemble"):
-            e = m["ensemble"]
+    if results:
+        out += [f"- validation accuracy: {pct(results.val_accuracy)}; macro-F1: {pct(results.val_macro_f1)}"]
+        if results.ensemble:
+            e = results.ensemble
             out.append("- validation accuracy per adapter: " + ", ".join(
                 f"{n} {pct(a)}" for n, a in zip(e.get("names", []), e.get("val_accuracy_per_adapter", []))))
-        if m.get("target"):
-            dist = ", ".join(f"{n} {c:,}" for n, c in zip(labels, m["target"]["predicted_distribution"]))
-            out.append(f"- target set: {m['target']['rows']:,} rows predicted ({dist})")
+        if results.target:
+            dist = ", ".join(f"{n} {c:,}" for n, c in zip(labels, results.target["predicted_distribution"]))
+            out.append(f"- target set: {results.target['rows']:,} rows predicted ({dist})")
         out.append("")
-        pc = (m.get("val") or {}).get("per_class") or {}
+        pc = results.val.get("per_class") or {}
         if pc:
             out += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
             out += [f"| {n} | {pct(c['precision'])} | {pct(c['recall'])} | {pct(c['f1'])} | {c['support']:,} |"

@@ -1,5 +1,6 @@
-"""The run folder ``<output_dir>/<name>/``: the names of the files a run writes, and whether a
-folder can hold a new run.
+"""The run folder ``<output_dir>/<name>/``: the names of the files a run writes, the typed records
+of its results (:class:`RunMetrics` in ``metrics.json``, one :class:`RoundRecord` per
+self-training round), and whether a folder can hold a new run.
 
 A folder that holds a run (its ``config.yaml``) with another adapter shape is never continued. A
 *finished* run (its ``metrics.json``) is continued only with the same config: a changed seed,
@@ -13,7 +14,9 @@ last checkpoint with other settings, e.g. ``train.max_steps``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorafit.config import Config, ConfigError, flatten, load_config
 from lorafit.errors import ModelError, OutputError, RunConflictError, RunStateError
@@ -32,6 +35,10 @@ CHECKPOINTS = "checkpoints"
 DATA = "data"
 SYNTHETIC = "synthetic"
 LM = "lm"
+SELFTRAIN = "selftrain"  # selftrain/round-N: each self-training round's checkpoints
+CONFUSION_PLOT = "confusion_matrix.png"
+CURVES_PLOT = "curves.png"
+AUGMENT_REPORT = "augment_report.json"
 
 # Keys that fix the shape of the saved adapter and head: a run folder trained with other values
 # cannot be resumed (its checkpoints would not load) and must not be mixed with a new run.
@@ -120,6 +127,115 @@ def is_legacy_run(folder: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+# ------------------------------------------------------------------ the run's results (metrics.json)
+
+# metrics.json's schema_version: 1 is the first versioned shape; a file without the key (written before
+# it existed, same shape) reads as 0
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    """A record of a run folder: its top-level fields typed, anything else kept as written (so a
+    newer or older lorafit's extra keys survive a read)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_dict(self) -> dict:
+        """The record as it is written: the keys its producer set, in JSON-ready types."""
+        return self.model_dump(exclude_unset=True)
+
+
+class RoundRecord(_Record):
+    """One self-training round (``metrics.json`` ``selftrain[i]``)."""
+
+    round: int
+    mode: str = "continue"  # continue | student
+    teacher: Optional[str] = None  # who labeled the round: first teacher | previous round | students + first teacher
+    confident_per_class: list[int] = []  # target rows at or above selftrain.threshold, per predicted class
+    cap: Optional[int] = None  # pseudo-labels kept per class at most
+    kept_per_class: list[int] = []
+    kept: int = 0
+    gold_rows: Optional[int] = None
+    train_rows: Optional[int] = None  # gold + pseudo-labeled rows the round trained on
+    target_distribution_before: Optional[list[int]] = None  # the teacher's target predictions per class
+    target_distribution_after: Optional[list[int]] = None  # the round's model's
+    target_changed: Optional[int] = None
+    val_accuracy: Optional[float] = None
+    val_accuracy_per_adapter: Optional[list[float]] = None  # an ensemble's adapters (continue mode)
+    val_accuracy_per_student: Optional[list[float]] = None  # ... or students (student mode)
+    proxy_accuracy: Optional[float] = None  # on selftrain.proxy: plain argmax
+    proxy_accuracy_prior: Optional[float] = None  # with predict.prior fitted on the proxy
+    proxy_accuracy_target_prior: Optional[float] = None  # with the prior fitted on the target set
+    teacher_val_accuracy: Optional[float] = None  # round 1: the starting model's scores (teacher_proxy_..., too)
+    teacher_proxy_accuracy: Optional[float] = None
+    teacher_proxy_accuracy_prior: Optional[float] = None
+    selection_prior: Optional[dict[str, Any]] = None  # selftrain.select_after_prior: mode, labels changed
+    synthetic: Optional[dict[str, Any]] = None  # selftrain.synthetic: the synthetic gold rows judged
+    students: Optional[list[dict[str, Any]]] = None  # each student's seed (and averaged steps)
+    adapters: Optional[list[dict[str, Any]]] = None
+
+
+class RunFacts(_Record):
+    """What a run knows before evaluation (the model card's first version): the budget, the data,
+    the rows trained on and the augmentation's report."""
+
+    schema_version: int = SCHEMA_VERSION
+    budget: dict[str, Any] = {}  # lorafit.budget.Budget.to_dict()
+    data: dict[str, Any] = {}  # lorafit.data.PreparedData.stats
+    train_rows: Optional[int] = None  # after augmentation
+    augment: dict[str, Any] = {}  # lorafit.augment's report (rows, selection, quality, generator)
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, **super().to_dict()}
+
+
+class RunMetrics(RunFacts):
+    """A finished run's results: ``metrics.json``, written by the pipeline and read by the summary,
+    the report page, the model card, ``compare``, ``search`` and the research scripts."""
+
+    val_accuracy: float
+    val_macro_f1: float
+    val: dict[str, Any] = {}  # lorafit.metrics.classification_metrics on the validation set
+    selftrain: list[RoundRecord] = []
+    train_seconds: Optional[float] = None
+    ensemble: Optional[dict[str, Any]] = None  # several adapters averaged: each one's validation accuracy
+    checkpoint_average: Optional[dict[str, Any]] = None  # train.average_checkpoints: the steps averaged
+    target: Optional[dict[str, Any]] = None  # lorafit.predict's facts of the target set's prediction
+    stage_seconds: dict[str, float] = {}
+    environment: dict[str, Any] = {}
+    wall_seconds: Optional[float] = None
+
+
+def write_metrics(run_dir: Path | str, metrics: RunMetrics) -> Path:
+    """Write ``<run_dir>/metrics.json`` (atomically); returns its path."""
+    from lorafit.io_utils import atomic_write_json
+
+    path = Path(run_dir) / METRICS
+    atomic_write_json(path, metrics.to_dict())
+    return path
+
+
+def read_metrics(run_dir: Path | str) -> Optional[RunMetrics]:
+    """A run's ``metrics.json`` as :class:`RunMetrics`, or None when the run has none (not
+    finished). A file without ``schema_version`` (written before it existed) reads as version 0; a
+    damaged one, or one that is not a run's results (no ``val_accuracy``), is a
+    :class:`RunStateError` naming it: a damaged file is never taken for an absent one."""
+    path = Path(run_dir) / METRICS
+    redo = (f"restore it, or run `lorafit run {Path(run_dir) / CONFIG}` to write it again "
+            "(training resumes from its last checkpoint)")
+    raw = read_json_file(path, "results", redo)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RunStateError(f"{path}: damaged, the run's results are not a JSON object; {redo}")
+    try:
+        return RunMetrics.model_validate({"schema_version": 0, **raw})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise RunStateError(f"{path}: not a run's results ({where}: {first['msg']}); {redo}") from None
 
 
 # ------------------------------------------------------------------ reading a run's saved files

@@ -264,15 +264,15 @@ class Searcher:
             requeue(self.study, trial, retries=self.cfg.search.retries + 1)
             raise
         trial.set_user_attr("seconds", round(time.time() - t0, 1))
-        trial.set_user_attr("val_accuracy", metrics["val_accuracy"])
-        trial.set_user_attr("val_macro_f1", metrics["val_macro_f1"])
+        trial.set_user_attr("val_accuracy", metrics.val_accuracy)
+        trial.set_user_attr("val_macro_f1", metrics.val_macro_f1)
         value = 0.0
         for term, weight in objective_terms(cfg.search.objective):
             if term.startswith("file:"):
                 score = self.file_accuracy(cfg, term[5:])
                 trial.set_user_attr(term, score)
             else:
-                score = metrics[term]
+                score = getattr(metrics, term)  # val_accuracy | val_macro_f1 (search_space.SEARCH_OBJECTIVES)
             value += weight * score
         return value
 

@@ -47,6 +47,7 @@ from lorafit.inference import ensemble_logits, predict_with_config
 from lorafit.predict import label_prior
 from lorafit.prior import adjust_predictions, carry_adjustment
 from lorafit.metrics import distribution
+from lorafit.runs import SELFTRAIN, RoundRecord
 from lorafit.train import train_adapters, with_teacher_logits
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SelfTrainResult:
-    rounds: list = field(default_factory=list)  # per round: pseudo-label counts, label changes, accuracies
+    rounds: list[RoundRecord] = field(default_factory=list)  # pseudo-label counts, label changes, accuracies
     history: list = field(default_factory=list)  # the rounds' Trainer logs, each entry marked with its round
     target_logits: Optional[np.ndarray] = None  # the last round's target predictions (reused for the submission)
     model: Any = None  # the last round's model: the run's model (the input model itself in continue mode)
@@ -99,7 +100,7 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
         log.info("self-training round %d (%s): %d gold + %d pseudo-labeled rows %s", r, st.mode, len(round_gold),
                  info["kept"], info["kept_per_class"])
         trained = train_adapters(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
-                                 Path(run_dir) / "selftrain" / f"round-{r}",
+                                 Path(run_dir) / SELFTRAIN / f"round-{r}",
                                  st.students if st.mode == "student" else cfg.train.adapters, epochs=st.epochs,
                                  unlabeled=target_texts if st.consistency else None)
         result.history += [{**h, "selftrain_round": r} for h in trained.history]
@@ -109,21 +110,21 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
                               per="student" if st.mode == "student" else "adapter")
         if len(trained.adapters) > 1 or cfg.train.average_checkpoints > 1:  # seeds (and the steps averaged)
             info["students" if st.mode == "student" else "adapters"] = trained.adapters
-        info.update(round=r, mode=st.mode, gold_rows=len(round_gold), train_rows=len(merged),
-                    target_distribution_before=distribution(before, k),
-                    target_distribution_after=distribution(after, k),
-                    target_changed=int((after != before).sum()), **scores)
         if prior_info is not None:
             info["selection_prior"] = {"mode": prior_info["mode"], "changed": prior_info["changed"]}
         if r == 1:  # the starting model's scores, to compare the rounds with
             info.update({f"teacher_{key}": v for key, v in teacher_scores.items()})
+        record = RoundRecord(round=r, mode=st.mode, gold_rows=len(round_gold), train_rows=len(merged),
+                             target_distribution_before=distribution(before, k),
+                             target_distribution_after=distribution(after, k),
+                             target_changed=int((after != before).sum()), **scores, **info,
+                             teacher="first teacher" if r == 1 else "students + first teacher"
+                             if st.round_teacher == "ensemble" else "previous round")
         log.info("self-training round %d: kept %s per class; %d target labels changed; target distribution %s -> %s%s",
-                 r, info["kept_per_class"], info["target_changed"], info["target_distribution_before"],
-                 info["target_distribution_after"],
+                 r, record.kept_per_class, record.target_changed, record.target_distribution_before,
+                 record.target_distribution_after,
                  "".join(f"; {key} {v:.4f}" for key, v in scores.items() if isinstance(v, float)))
-        info["teacher"] = ("first teacher" if r == 1 else
-                           "students + first teacher" if st.round_teacher == "ensemble" else "previous round")
-        result.rounds.append(info)
+        result.rounds.append(record)
         teacher = judges = student
         if st.mode == "student" and st.round_teacher == "ensemble" and r < st.rounds:
             # the next round's pseudo-labels come from this round's students averaged with the first
