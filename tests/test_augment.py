@@ -31,7 +31,7 @@ from lorafit.augment.generate import (
     shard_path,
 )
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
-from lorafit.augment.select import jaccard, near_duplicates, select_samples, shingle_hashes
+from lorafit.augment.select import SHINGLE, _key, _window_hashes, jaccard, near_duplicates, select_samples
 from lorafit import text as synonyms_module
 from lorafit.augment.synonyms import synonym_augment
 from lorafit.text import (
@@ -543,6 +543,13 @@ def test_select_samples_rules_and_counts():
     assert rep2["removed"]["near_duplicate"] == 0 and rep2["removed"]["teacher_disagrees"] == 0 and len(out2) == 6
     with pytest.raises(ValueError, match="shape"):
         select_samples(ds, teacher_probs=np.ones((3, 2)))
+
+
+def shingle_hashes(text: str, k: int = SHINGLE) -> np.ndarray:
+    """The brute force's shingles: sorted distinct hashes of one text's character k-grams (the whole
+    text when shorter), hashed as near_duplicates hashes every text in one pass."""
+    c = np.frombuffer(_key(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return np.unique(_window_hashes(c, min(k, len(c))))
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.95])

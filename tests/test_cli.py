@@ -247,14 +247,18 @@ def test_predict_with_uniform_prior(runner, trained):
     # probabilities, which float rounding may break either way)
     import datasets
 
+    from scipy.special import softmax
+
+    from lorafit.inference import predict_with_config
     from lorafit.model import load_trained
-    from lorafit.predict import predict_target
+    from lorafit.prior import adjust_predictions
 
     model, tok, cfg = load_trained(trained["run_dir"], merge=False)
     cfg.predict.prior = "uniform"
     texts = [r["text"] for r in csv.DictReader(open(trained["csvs"]["target"], encoding="utf-8"))]
     labels = datasets.load_from_disk(str(trained["run_dir"] / "data" / "train"))["label"]
-    _, adjusted, info = predict_target(model, tok, cfg, texts, np.bincount(labels, minlength=4) / len(labels))
+    probs = softmax(predict_with_config(model, tok, cfg, texts), axis=-1)
+    adjusted, info = adjust_predictions(probs, cfg.predict.prior, train_prior=np.bincount(labels, minlength=4) / len(labels))
     assert info["mode"] == "uniform"
     chosen = adjusted[np.arange(len(got)), got]
     assert np.all(chosen >= adjusted.max(1) - 1e-4), (got, adjusted.argmax(1).tolist())

@@ -84,18 +84,22 @@ def test_sinkhorn_column_and_row_sums():
     n = 300
     probs = rng.dirichlet(np.ones(4) * 0.7, size=n)
     prior = np.array([0.1, 0.2, 0.3, 0.4])
-    q, n_iter = balance_to_prior(probs, prior)
+    q, n_iter, c = balance_to_prior(probs, prior)
     assert n_iter >= 1
     assert np.all(np.isfinite(q)) and np.all(q >= 0)
     np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(q.sum(axis=0), n * prior, atol=1e-6)
+    # the class weights returned are the factors: q is the posteriors times c, rows renormalised
+    assert c.sum() == pytest.approx(1.0)
+    expected = np.maximum(probs, 1e-12) * c
+    np.testing.assert_allclose(q, expected / expected.sum(axis=1, keepdims=True), rtol=1e-9)
 
 
 def test_sinkhorn_is_per_class_reweighting():
     # result must be q_ik ∝ p_ik * c_k: ratios q/p constant per column up to row factor
     rng = np.random.default_rng(4)
     probs = rng.dirichlet(np.ones(3), size=50)
-    q, _ = balance_to_prior(probs, [0.5, 0.3, 0.2])
+    q, _, _ = balance_to_prior(probs, [0.5, 0.3, 0.2])
     ratio = q / probs
     ratio /= ratio[:, :1]  # remove the per-row factor
     np.testing.assert_allclose(ratio, np.broadcast_to(ratio[0], ratio.shape), rtol=1e-8)
@@ -105,7 +109,7 @@ def test_sinkhorn_balanced_confident_input_unchanged():
     k, n = 3, 90
     probs = np.full((n, k), 0.01)
     probs[np.arange(n), np.arange(n) % k] = 0.98
-    q, n_iter = balance_to_prior(probs, np.full(k, 1 / k))
+    q, n_iter, _ = balance_to_prior(probs, np.full(k, 1 / k))
     assert n_iter == 0
     np.testing.assert_allclose(q, probs, atol=1e-12)
     adjusted, info = adjust_predictions(probs, "uniform")
@@ -137,11 +141,11 @@ def test_uniform_balancing_of_skewed_predictions():
 def test_sinkhorn_handles_zero_columns_and_zero_prior():
     # nobody predicts class 2 at all; uniform balancing must still give it mass
     probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [1.0, 0.0, 0.0]])
-    q, _ = balance_to_prior(probs, [1, 1, 1])
+    q, _, _ = balance_to_prior(probs, [1, 1, 1])
     np.testing.assert_allclose(q.sum(axis=0), [4 / 3] * 3, atol=1e-6)
     np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
     # a zero prior entry yields an (essentially) empty column
-    q0, _ = balance_to_prior(probs, [0.5, 0.5, 0.0])
+    q0, _, _ = balance_to_prior(probs, [0.5, 0.5, 0.0])
     assert np.all(q0[:, 2] < 1e-9)
     np.testing.assert_allclose(q0.sum(axis=0)[:2], [2.0, 2.0], atol=1e-6)
 
@@ -297,7 +301,7 @@ def _positive_matrix_and_prior(draw):
 @given(_positive_matrix_and_prior())
 def test_balance_to_prior_property_row_stochastic(data):
     mat, prior = data
-    q, n_iter = balance_to_prior(mat, prior, max_iter=200)
+    q, n_iter, _ = balance_to_prior(mat, prior, max_iter=200)
     assert q.shape == mat.shape
     assert np.all(np.isfinite(q))
     assert np.all(q >= 0)

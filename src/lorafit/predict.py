@@ -46,15 +46,6 @@ def write_submission(path: Path | str, labels: Sequence[int], expected_rows: Opt
     return Path(path)
 
 
-def predict_target(model, tokenizer, cfg, target_texts: Sequence[str], train_prior: Optional[Sequence[float]] = None,
-                   logits: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Probabilities on the target set, adjusted to ``cfg.predict.prior``. Returns
-    (raw_probs, adjusted_probs, prior_info). ``logits`` already computed for these texts are reused."""
-    if logits is None:
-        logits = predict_with_config(model, tokenizer, cfg, target_texts, progress=True)
-    return _with_prior(softmax(logits, axis=-1), cfg, train_prior)
-
-
 def _with_prior(probs: np.ndarray, cfg, train_prior) -> tuple[np.ndarray, np.ndarray, dict]:
     adjusted, info = adjust_predictions(probs, cfg.predict.prior,
                                         train_prior=None if train_prior is None else np.asarray(train_prior, float))

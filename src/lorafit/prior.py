@@ -195,7 +195,7 @@ def balance_to_prior(
     prior: Any,
     max_iter: int = 1000,
     tol: float = 1e-9,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Rescale posteriors so the predicted class mass matches ``prior``.
 
     Sinkhorn-Knopp iteration on the ``(N, K)`` matrix: alternately scale each
@@ -218,19 +218,14 @@ def balance_to_prior(
             (i.e. measured in prior units, independent of ``N``).
 
     Returns:
-        ``(adjusted_probs, n_iter)``: the balanced row-stochastic matrix and
-        the number of scaling rounds performed (0 if the input already
-        satisfied the column constraint).  A ``RuntimeWarning`` is issued if
+        ``(adjusted_probs, n_iter, class_weights)``: the balanced
+        row-stochastic matrix, the number of scaling rounds performed (0 if
+        the input already satisfied the column constraint) and the per-class
+        factors ``c`` (normalised to sum 1) with
+        ``q_ik ∝ max(p_ik, 1e-12) * c_k``.  A ``RuntimeWarning`` is issued if
         ``max_iter`` is reached without convergence.
     """
-    q, n_iter, _ = _sinkhorn(_as_prob_matrix(probs), prior, max_iter, tol)
-    return q, n_iter
-
-
-def _sinkhorn(p: np.ndarray, prior: Any, max_iter: int = 1000, tol: float = 1e-9
-              ) -> tuple[np.ndarray, int, np.ndarray]:
-    """:func:`balance_to_prior` on a validated matrix; also returns the per-class factors ``c``
-    (normalised to sum 1) with ``q_ik ∝ max(p_ik, 1e-12) * c_k``."""
+    p = _as_prob_matrix(probs)
     n, k = p.shape
     target_prior = _as_prior(prior, k, name="prior")
     if int(max_iter) < 1:
@@ -255,7 +250,7 @@ def _sinkhorn(p: np.ndarray, prior: Any, max_iter: int = 1000, tol: float = 1e-9
             f"balance_to_prior did not converge within {max_iter} iterations "
             f"(max column error {err:.3g} >= tol {tol:.3g})",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
     return q, n_iter, c
 
@@ -431,7 +426,7 @@ def adjust_predictions(
             adjusted, n_iter, mode_name, prior_out = p.copy(), 0, "none", None
             weights = np.ones(k)
         else:
-            adjusted, n_iter, weights = _sinkhorn(p, target)
+            adjusted, n_iter, weights = balance_to_prior(probs, target)  # validates probs as p was
             mode_name = (
                 "uniform" if isinstance(mode, str) and mode.strip().lower() == "uniform" else "custom"
             )

@@ -51,14 +51,6 @@ def _window_hashes(codes: np.ndarray, w: int) -> np.ndarray:
     return h
 
 
-def shingle_hashes(text: str, k: int = SHINGLE) -> np.ndarray:
-    """Sorted distinct 64-bit hashes of the character ``k``-grams of the normalised text (the
-    whole text when shorter than ``k``). Collisions are negligible (~3e-8 among a million
-    distinct shingles)."""
-    c = np.frombuffer(_key(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    return np.unique(_window_hashes(c, min(k, len(c))))
-
-
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard similarity of two sorted arrays of distinct values."""
     inter = np.intersect1d(a, b, assume_unique=True).size
