@@ -413,17 +413,15 @@ def test_sigint_saves_a_checkpoint_says_so_in_one_line_and_the_rerun_resumes(tin
         "train.epochs": 400, "train.logging_steps": 1, "train.save_total_limit": "null"})]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}
-    err_file = tiny_inputs["tmp"] / "stderr.txt"
-    with open(err_file, "w") as err_out:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_out, text=True)
-        logged = 0
-        for line in proc.stdout:  # Trainer prints a dict per logged step: training is under way
-            logged += "'loss'" in line
-            if logged >= 3:
-                proc.send_signal(signal.SIGINT)
-                break
-        proc.communicate(timeout=300)
-    err = err_file.read_text()
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logged, lines = 0, []
+    for line in proc.stderr:  # a log line per logged training step: training is under way
+        lines.append(line)
+        logged += "lorafit.train: step " in line and ": loss " in line
+        if logged >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+    err = "".join(lines) + proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ LAYERS = {
     "recipe": {"pipeline", "selftrain", "search", "search_space", "search_results"},
     "stage": {"augment", "train", "predict", "report"},
     "core": {"data", "model", "budget", "inference", "metrics", "prior", "text", "precision", "io_utils",
-             "errors", "config", "runs"},
+             "errors", "config", "runs", "logs"},
 }
 ORDER = list(LAYERS)
 # modules that belong to another unit: report_page is the report stage's page template

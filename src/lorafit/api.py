@@ -67,22 +67,44 @@ def run(config: Optional[PathLike] = None, fresh: bool = False, **overrides) -> 
     """Run every enabled stage of ``config`` (a YAML file; None = the built-in defaults) with
     ``overrides`` applied, as ``lorafit run`` does; ``fresh`` replaces an earlier run in the run
     folder. Raises a :class:`lorafit.errors.LorafitError` for a mistake in the config or data."""
+    return run_config(load_config(config, override_strings(overrides)), fresh=fresh)
+
+
+def run_config(cfg: Config, fresh: bool = False, command: str = "") -> RunResult:
+    """Run a loaded config (``lorafit run`` and :func:`run`): the config is checked, then the data,
+    then the model libraries are imported and the stages run. Every log record also goes to the
+    run folder's ``run.log`` (``command``: how the run was started, its first line)."""
+    import os
+
+    from lorafit.logs import adopt_library_loggers, run_log
     from lorafit.runs import check_run_dir
 
-    cfg = load_config(config, override_strings(overrides))
     check_run_dir(cfg, fresh)
-    from lorafit.data import prepare_data
-    from lorafit.report import StageTimer
+    main = int(os.environ.get("RANK", "0")) == 0  # one writer of run.log
+    with run_log(cfg.run_dir, command) if main else _nothing():
+        # datasets/pandas only once the config is known good; torch and peft only once the data is
+        from lorafit.data import prepare_data
+        from lorafit.report import StageTimer
 
-    timer = StageTimer()
-    data = prepare_data(cfg)
-    timer.lap("data")
-    from lorafit.pipeline import run as run_pipeline, summary
+        adopt_library_loggers()
+        timer = StageTimer()  # seconds per stage, from the data stage on (metrics.json stage_seconds)
+        data = prepare_data(cfg)  # bad data fails here, before the model stack (torch, peft) is imported
+        timer.lap("data")
+        from lorafit.pipeline import run as run_pipeline, summary
 
-    metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)  # None on the other processes of a multi-process run
+        adopt_library_loggers()
+        metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)  # None/empty on the other processes
     return RunResult(run_dir=Path(cfg.run_dir), config=cfg,
                      metrics=metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics or {}),
                      summary=summary(cfg, metrics) if metrics else "")
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 class Classifier:

@@ -30,11 +30,10 @@ EXIT_INPUT = 2
 EXIT_BUDGET = 3
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    from lorafit.logs import setup_logging
+
+    setup_logging(-1 if quiet else 1 if verbose else 0)  # stderr only; progress bars on a terminal only
 
 
 EXIT_INTERRUPTED = 130
@@ -98,26 +97,19 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading .pkl data (pickles can run code: trusted sources only)"),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run the Python code a model folder or Hub repo ships (trusted sources only)"),
         fresh: bool = typer.Option(False, "--fresh", help="replace a previous run in the run folder instead of continuing it"),
-        verbose: bool = typer.Option(False, "-v", "--verbose")):
-    """Run every enabled stage of CONFIG into runs/<name>/ and print a summary."""
-    _setup_logging(verbose)
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="log warnings and errors only (run.log still gets everything)"),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+    """Run every enabled stage of CONFIG into runs/<name>/ and print a summary (stdout: the summary
+    alone; log lines go to stderr and to RUN/run.log)."""
+    _setup_logging(verbose, quiet)
 
     def go():
         cfg = _load(config, overrides or [], name, output_dir, allow_pickle, trust_remote_code)
-        check_run_dir(cfg, fresh)
-        # datasets/pandas only once the config is known good; torch and peft only once the data is
-        from lorafit.data import prepare_data
-        from lorafit.report import StageTimer
+        from lorafit.api import run_config
 
-        timer = StageTimer()  # seconds per stage, from the data stage on (metrics.json stage_seconds)
-        data = prepare_data(cfg)  # bad data fails here, before the model stack (torch, peft) is imported
-        timer.lap("data")
-
-        from lorafit.pipeline import run as run_pipeline, summary
-
-        metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)
-        if metrics:  # empty on the non-zero ranks of a multi-process run
-            typer.echo(summary(cfg, metrics))
+        result = run_config(cfg, fresh=fresh, command=" ".join(["lorafit", *sys.argv[1:]]))
+        if result.summary:  # empty on the non-zero ranks of a multi-process run
+            typer.echo(result.summary, nl=False)
 
     _guarded(go)
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lorafit.config import CleanConfig
 from lorafit.data.clean import clean_text, clip_text
 from lorafit.io_utils import atomic_path
+from lorafit.logs import progress_bars
 from lorafit.model import adapter_names, adapter_pass, load_teacher
 from lorafit.precision import autocast, inference_precision, pick_precision
 
@@ -149,7 +150,8 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
             return model(**batch).logits.float().cpu().numpy()
 
     names = adapter_names(model)  # several: an ensemble, one pass per adapter over the same batches
-    bar = tqdm(total=len(batches) * max(1, len(names)), desc="predict", unit="batch") if progress else None
+    bar = (tqdm(total=len(batches) * max(1, len(names)), desc="predict", unit="batch")
+           if progress and progress_bars() else None)
 
     def run_all() -> np.ndarray:
         out: Optional[np.ndarray] = None

@@ -215,17 +215,26 @@ def load_base_model(cfg: Config, weights: bool = True):
     return base
 
 
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' "LOAD REPORT" record (its table of missing keys)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def _quiet_load_report():
     """Hold back transformers' per-load "LOAD REPORT" warning (its table of missing keys), which
-    every load of an encoder checkpoint prints for the new classification head."""
+    every load of an encoder checkpoint prints for the new classification head, with a filter on
+    its logger. (Raising that logger's level instead made transformers run its tensor-parallel
+    plan check, whose "layers were not sharded" line is noise of its own.)"""
     logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    drop = _DropLoadReport()
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def report_loading(name: str, base, info: dict) -> None:

@@ -40,6 +40,7 @@ from lorafit.data.clean import clip_text
 from lorafit.errors import Interrupted, LorafitError, RunStateError, TrainingDiverged
 from lorafit.inference import teacher_logits
 from lorafit.io_utils import as_disk_full, atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.logs import progress_bars, quiet_trainer
 from lorafit.model import adapter_name, add_adapter
 from lorafit.precision import pick_precision
 from lorafit.train_consistency import UnlabeledBatches, _pad_cat, consistency_terms
@@ -300,7 +301,7 @@ def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = 
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient: skip DDP's extra graph walk
         dataloader_num_workers=t.dataloader_workers,
         report_to=["tensorboard"],
-        disable_tqdm=False,
+        disable_tqdm=not progress_bars(),  # bars on a terminal only; a log file gets lines
         use_cpu=device == "cpu",
     )
 
@@ -429,6 +430,7 @@ def train_model(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_d
         unlabeled=batches,
         consistency=cfg.train.consistency,
     )
+    quiet_trainer(trainer)  # its metric dicts go to the log (stderr, run.log), not to stdout
     resume = cfg.train.resume if resume is None else resume
     last = last_complete_checkpoint(out_dir) if resume and out_dir.is_dir() else None
     if last:
