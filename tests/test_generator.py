@@ -257,3 +257,15 @@ def test_generate_keeps_the_prompt_as_the_opening_words(tiny_llama, tmp_path):
         assert not p["text"].startswith(p["prompt"])
     settings = json.loads((tmp_path / "kept" / "plan.json").read_text())
     assert settings["keep_prompt"] is True and "keep_prompt" not in json.loads((tmp_path / "plain" / "plan.json").read_text())
+
+
+def test_generation_split_over_processes_writes_the_same_samples(tiny_llama, tmp_path):
+    from lorafit.augment.generate import generate_samples
+
+    bank = {0: ["The central bank"], 1: ["The striker scored", "The coach"]}
+    kw = dict(a=0.0, loc=8.0, scale=2.0, min_words=3, max_words=10, batch_size=3, seed=5, precision="fp32")
+    one = generate_samples(str(tiny_llama), bank, 6, tmp_path / "one", **kw)
+    two = generate_samples(str(tiny_llama), bank, 6, tmp_path / "two", processes=2, **kw)
+    assert two.to_dict() == one.to_dict()
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["this_call"]["samples_generated"] == 12 and manifest["generator"]["architecture"] == "LlamaForCausalLM"

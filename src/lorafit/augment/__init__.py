@@ -146,6 +146,7 @@ def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank:
         top_k=g.top_k, top_p=g.top_p, temperature=g.temperature, repetition_penalty=g.repetition_penalty,
         batch_size=g.batch_size, seed=cfg.seed, rank=rank, world_size=world_size, precision=inference_precision(cfg),
         prompt_format=g.format, keep_prompt=g.keep_prompt, trust_remote_code=cfg.model.trust_remote_code,
+        processes=g.processes,
     )
 
 

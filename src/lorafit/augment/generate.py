@@ -243,6 +243,55 @@ def _generate_shard(model, tokenizer, plan: list[dict], members: list[int], shar
     return rows
 
 
+def _generate_rank(job: dict, rank: int, world_size: int) -> tuple[int, Optional[dict]]:
+    """Generate the missing shards ``j`` with ``j % world_size == rank``; return (samples generated,
+    the generator's description or None when there was nothing to do)."""
+    out_dir, shards, plan = job["out_dir"], job["shards"], job["plan"]
+    mine = [j for j in range(len(shards)) if j % world_size == rank]
+    todo = [j for j in mine if not shard_path(out_dir, j).is_file()]
+    if not todo:
+        return 0, None
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    dtype = torch_dtype(generation_precision(job["precision"], device))
+    tokenizer, model = load_causal_lm(job["model_dir"], dtype=dtype, trust_remote_code=job["trust_remote_code"])
+    model.to(device).eval()
+    generator = describe_causal_lm(job["model_dir"], model)
+    limit, max_words = max_positions(model), job["max_words"]
+    if limit is not None and new_tokens_for(max_words) >= limit:
+        log.warning("augment.generate.length.max_words=%d asks for up to %d new tokens, but '%s' holds %d "
+                    "positions: the longest samples are cut to what fits after their prompt", max_words,
+                    new_tokens_for(max_words), job["model_dir"], limit)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard",
+               desc=f"generate{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
+    generated = 0
+    for j in todo:
+        members, shard_seed = shards[j]
+        rows = _generate_shard(model, tokenizer, plan, members, shard_seed, **job["sampling"])
+        atomic_write_text(shard_path(out_dir, j), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        generated += len(rows)
+        bar.update(1)
+    bar.close()
+    return generated, generator
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _generate_in_processes(job: dict, processes: int) -> tuple[int, Optional[dict]]:
+    """The shards split over ``processes`` worker processes of one thread each (on a CPU a small LM's
+    matmuls scale better across processes than across the threads of one). Same shards, same seeds:
+    the samples are those of a single process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    log.info("generating with %d processes of one thread each", processes)
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        results = [f.result() for f in [pool.submit(_generate_rank, job, r, processes) for r in range(processes)]]
+    return sum(n for n, _ in results), next((g for _, g in results if g), None)
+
+
 def _length_stats(values) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -256,7 +305,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
                      top_p: float = 0.95, temperature: float = 1.0, repetition_penalty: float = 1.3,
                      batch_size: int = 32, seed: int = 42, rank: int = 0, world_size: int = 1,
                      precision: str = "auto", prompt_format: str = "plain", keep_prompt: bool = False,
-                     trust_remote_code: bool = False) -> Optional[datasets.Dataset]:
+                     trust_remote_code: bool = False, processes: int = 1) -> Optional[datasets.Dataset]:
     """Generate ``per_class`` samples for each class of ``prompt_bank`` with the LM at ``model_dir``.
 
     Returns a ``Dataset`` with columns text, label, prompt, seed (the shard seed) and target_words,
@@ -264,6 +313,7 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
     them). Returns None when this is one of several processes and other ranks' shards are still
     missing; the process that completes the set assembles it. ``precision``: the LM's precision
     (``auto``: bf16 where the device computes it natively; see :func:`lorafit.precision.generation_precision`).
+    ``processes``: on a CPU, split the shards over this many worker processes of one thread each.
     """
     out_dir = Path(out_dir)
     if not 0 <= rank < world_size:
@@ -284,32 +334,15 @@ def generate_samples(model_dir: str, prompt_bank: dict[int, list[str]], per_clas
     }
     _check_settings(out_dir, settings)
 
-    mine = [j for j in range(len(shards)) if j % world_size == rank]
-    todo = [j for j in mine if not shard_path(out_dir, j).is_file()]
-    start, generated, generator = time.time(), 0, None
-    if todo:
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
-        dtype = torch_dtype(generation_precision(precision, device))
-        tokenizer, model = load_causal_lm(str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
-        model.to(device).eval()
-        generator = describe_causal_lm(str(model_dir), model)
-        limit = max_positions(model)
-        if limit is not None and new_tokens_for(max_words) >= limit:
-            log.warning("augment.generate.length.max_words=%d asks for up to %d new tokens, but '%s' holds %d "
-                        "positions: the longest samples are cut to what fits after their prompt", max_words,
-                        new_tokens_for(max_words), model_dir, limit)
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard",
-                   desc=f"generate{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
-        for j in todo:
-            members, shard_seed = shards[j]
-            rows = _generate_shard(model, tokenizer, plan, members, shard_seed, top_k=top_k, top_p=top_p,
-                                   temperature=temperature, repetition_penalty=repetition_penalty,
-                                   prompt_format=prompt_format, keep_prompt=keep_prompt)
-            atomic_write_text(shard_path(out_dir, j), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            generated += len(rows)
-            bar.update(1)
-        bar.close()
+    start = time.time()
+    job = dict(model_dir=str(model_dir), plan=plan, shards=shards, out_dir=out_dir, max_words=max_words,
+               sampling=dict(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
+                             prompt_format=prompt_format, keep_prompt=keep_prompt),
+               precision=precision, trust_remote_code=trust_remote_code)
+    if processes > 1 and world_size == 1 and not torch.cuda.is_available():
+        generated, generator = _generate_in_processes(job, processes)
+    else:
+        generated, generator = _generate_rank(job, rank, world_size)
     wall = time.time() - start
 
     missing = [j for j in range(len(shards)) if not shard_path(out_dir, j).is_file()]

@@ -316,6 +316,8 @@ class GenerateConfig(Section):
     format: Literal["plain", "chat"] = Field("plain", description="`plain` (the prompt continued as text; the "
                                              "report) or `chat` (the prompt as a user turn of the LM's chat "
                                              "template).")
+    processes: Int = Field(1, ge=1, le=256, description="On a CPU: split the generation over this many worker "
+                                                         "processes of one thread each (e.g. one per core).")
     keep_prompt: Bool = Field(False, description="Start each sample with its prompt (for prompts that are the "
                                                  "opening words of a text, e.g. configs/prompts/agnews-leads.yaml); "
                                                  "false: only the generated words (the report).")
