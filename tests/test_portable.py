@@ -240,3 +240,75 @@ def test_push_dry_run_lists_exactly_the_upload(tiny_run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert {"config.json", "model.safetensors", "README.md"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
     assert CliRunner().invoke(app, ["push", str(tiny_run), "not-a-repo-id", "--dry-run"]).exit_code == 2
+
+
+# ------------------------------------------------------------------ command-line conventions
+
+
+def test_version_short_help_and_help_text_on_every_option():
+    import typer
+    from typer.testing import CliRunner
+
+    from lorafit import __version__
+    from lorafit.cli import app
+
+    runner = CliRunner()
+    for flag in ("--version", "-V"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0 and result.stdout.strip() == f"lorafit {__version__}"
+    group = typer.main.get_command(app)
+    assert runner.invoke(app, ["-h"]).exit_code == 0
+    for name, command in group.commands.items():
+        result = runner.invoke(app, [name, "-h"], terminal_width=200)
+        assert result.exit_code == 0, (name, result.output)
+        for label in ("<bool>", "<str>", "<path>", "<int>", "<list["):
+            assert label not in result.output, (name, label)
+        for param in command.params:
+            if not getattr(param, "hidden", False):
+                assert getattr(param, "help", None), f"lorafit {name}: {param.name} has no help text"
+
+
+def test_compare_json_csv_and_no_truncation_when_piped(tiny_run):
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    runs = [str(tiny_run), str(tiny_run)]
+    result = CliRunner().invoke(app, ["compare", *runs, "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["run"] for r in records] == runs and records[0]["val accuracy"] == records[1]["val accuracy"] != ""
+    result = CliRunner().invoke(app, ["compare", *runs, "--csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert rows[0] == ["field", *runs] and any(r[0] == "val accuracy" for r in rows)
+    result = CliRunner().invoke(app, ["compare", *runs])  # stdout is not a terminal here
+    assert result.exit_code == 0 and "…" not in result.stdout and str(tiny_run) in result.stdout
+
+
+def test_dash_writes_to_stdout(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(tiny_run), "--prior", "none", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert rows[0] == ["ID", "Label"] and len(rows) == 1 + len(TEXTS)
+    assert [LABEL_NAMES[int(r[1])] for r in rows[1:]] == cli_predict_names(tiny_run, tmp_path)
+    assert "wrote" in result.stderr and not (tiny_run.parent / "-").exists() and not Path("-").exists()
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_run), str(tiny_run.parent.parent / "dev.csv"), "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accuracy"] >= 0 and "accuracy" in result.stderr
+
+
+def test_rerunning_a_finished_run_says_it_is_complete(tiny_run):
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    before = (tiny_run / "metrics.json").read_text()
+    result = CliRunner().invoke(app, ["run", str(tiny_run / "config.yaml")])
+    assert result.exit_code == 2
+    assert "run already complete" in result.stderr and "--fresh" in result.stderr and "validation accuracy" in result.stderr
+    assert (tiny_run / "metrics.json").read_text() == before

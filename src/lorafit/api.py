@@ -80,7 +80,12 @@ def run_config(cfg: Config, fresh: bool = False, command: str = "") -> RunResult
     from lorafit.runs import check_run_dir
 
     check_run_dir(cfg, fresh)
+    check_not_complete(cfg, fresh)
     main = int(os.environ.get("RANK", "0")) == 0  # one writer of run.log
+    if main:  # another process writing this folder: refused before this one touches its run.log
+        from lorafit.io_utils import check_unlocked
+
+        check_unlocked(cfg.run_dir, "run folder (output_dir/name)")
     with run_log(cfg.run_dir, command) if main else _nothing():
         # datasets/pandas only once the config is known good; torch and peft only once the data is
         from lorafit.data import prepare_data
@@ -97,6 +102,26 @@ def run_config(cfg: Config, fresh: bool = False, command: str = "") -> RunResult
     return RunResult(run_dir=Path(cfg.run_dir), config=cfg,
                      metrics=metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics or {}),
                      summary=summary(cfg, metrics) if metrics else "")
+
+
+def check_not_complete(cfg: Config, fresh: bool = False) -> None:
+    """Refuse to run again into a folder whose run finished (it has metrics.json), unless ``fresh``:
+    there is nothing left to do there, and a rerun would only retrain from the last checkpoint."""
+    import time
+
+    from lorafit.errors import RunConflictError
+    from lorafit.runs import METRICS
+
+    done = Path(cfg.run_dir) / METRICS
+    if fresh or not done.is_file():
+        return
+    try:
+        acc = f"validation accuracy {100 * json.loads(done.read_text())['val_accuracy']:.2f}%, "
+    except (ValueError, KeyError, TypeError, OSError):
+        acc = ""
+    raise RunConflictError(f"run already complete ({cfg.run_dir}: {acc}finished "
+                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(done.stat().st_mtime))}); use a new name "
+                           "(--name NAME) or --fresh to replace it")
 
 
 class _nothing:

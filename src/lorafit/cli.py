@@ -24,7 +24,53 @@ from lorafit.config import Config, load_config
 from lorafit.runs import check_output_file, check_run_dir, require_trained_run, run_folder_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set.")
+
+
+def _plain_type_labels() -> None:
+    """Help shows click's plain metavars (TEXT, PATH, INTEGER) instead of typer's annotation labels
+    (<str>, <list[str]>, <bool>); a flag shows none."""
+    from typer import core
+
+    names = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "Path": "PATH", "file": "FILE"}
+
+    def label(original):
+        def display(self, ctx):
+            if getattr(self, "is_flag", False):
+                return None
+            text = original(self, ctx)
+            if not text:
+                return text
+            inner = text[1:-1] if text.startswith("<") and text.endswith(">") else None
+            if inner is None:
+                return text
+            many = inner.startswith("list[")
+            inner = inner[5:-1] if many else inner
+            return names.get(inner, inner.upper()) + ("..." if many and isinstance(self, core.TyperArgument) else "")
+        return display
+
+    for cls in (core.TyperOption, core.TyperArgument):
+        if not getattr(cls.display_type_rich, "lorafit", False):
+            cls.display_type_rich = label(cls.display_type_rich)
+            cls.display_type_rich.lorafit = True
+
+
+_plain_type_labels()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lorafit import __version__
+
+        typer.echo(f"lorafit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                       help="print lorafit's version and exit")):
+    """Fit text classifiers under a trainable-parameter budget and adapt them to an unlabeled target set."""
 
 EXIT_INPUT = 2
 EXIT_BUDGET = 3
@@ -75,6 +121,27 @@ def _guarded(fn):
         _fail(str(full))
 
 
+def _is_stdout(path: Optional[Path]) -> bool:
+    """``-o -``: the output goes to stdout (and the command's own message to stderr)."""
+    return path is not None and str(path) == "-"
+
+
+def _check_output(path: Optional[Path], what: str, kind: str) -> None:
+    if path is not None and not _is_stdout(path):  # before any work: a path we may not write fails in a second
+        check_output_file(path, what, kind)
+
+
+def _write_json(path: Optional[Path], obj) -> None:
+    if _is_stdout(path):
+        import json
+
+        typer.echo(json.dumps(obj, indent=2, default=str))
+    elif path is not None:
+        from lorafit.io_utils import atomic_write_json
+
+        atomic_write_json(path, obj)
+
+
 def _load(config: Path, overrides: List[str], name: Optional[str] = None, output_dir: Optional[str] = None,
           allow_pickle: bool = False, trust_remote_code: bool = False) -> Config:
     extra = list(overrides)
@@ -88,6 +155,7 @@ def _load(config: Path, overrides: List[str], name: Optional[str] = None, output
 
 CONFIG_ARG = typer.Argument(..., help="experiment YAML, e.g. configs/quickstart.yaml")
 OVERRIDES_ARG = typer.Argument(None, help="overrides as key.sub=value, e.g. train.epochs=3")
+PICKLE_HELP = "allow loading .pkl data (pickles can run code: trusted sources only)"
 
 
 @app.command()
@@ -154,9 +222,9 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
            workers: int = typer.Option(1, help="processes on this machine working on the study"),
            name: Optional[str] = typer.Option(None, help="study name and folder under output_dir"),
            output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
-           allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+           allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
            worker_index: int = typer.Option(0, hidden=True),
-           verbose: bool = typer.Option(False, "-v", "--verbose")):
+           verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Budget-aware hyperparameter search over the config's search.space (Optuna; resumable)."""
     _setup_logging(verbose)
 
@@ -182,12 +250,12 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
                                                  "- reads texts from stdin, one per line, and prints their class names"),
             text: Optional[List[str]] = typer.Option(None, "--text", help="a text to classify (repeatable): prints its "
                                                      "class name; the model alone, no prior"),
-            output: Optional[Path] = typer.Option(None, "-o", "--output", help="submission path (default RUN_DIR/submission.csv)"),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="submission path (default RUN_DIR/submission.csv; - for stdout)"),
             prior: Optional[str] = typer.Option(None, help="none | uniform | em | comma-separated proportions"),
             text_column: Optional[str] = typer.Option(None, help="text column of the target set"),
             reuse_probs: bool = typer.Option(True, help="reuse the run's saved target probabilities when the texts match"),
-            allow_pickle: bool = typer.Option(False, "--allow-pickle"),
-            verbose: bool = typer.Option(False, "-v", "--verbose")):
+            allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+            verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Write a Kaggle submission (ID,Label) for a target set with a trained run."""
     _setup_logging(verbose)
 
@@ -199,8 +267,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
             for label in predict_lines(run_dir, text or sys.stdin):
                 typer.echo(label)
             return
-        if output is not None:  # before any work: a path we cannot or may not write fails in a second
-            check_output_file(output, "submission file (-o)", "submission")
+        _check_output(output, "submission file (-o)", "submission")
         require_trained_run(run_dir)
         # the run's config, with --prior checked like any override (a bad one fails before any model work);
         # selftrain.select_after_prior needs a prior for self-training only, which prediction does not run
@@ -221,18 +288,24 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
         train_dir = Path(run_dir) / "data" / "train"
         train_prior = (label_prior(datasets.load_from_disk(str(train_dir))["label"], len(cfg.data.labels))
                        if train_dir.is_dir() else None)
-        out = output or Path(run_dir) / "submission.csv"
-        # the run's own target set: its saved probabilities are reused (a prior re-applied without the
-        # model) or, when computed afresh, kept for later priors
-        t = predict_and_submit(cfg, ds["text"], out, run_dir=Path(run_dir), train_prior=train_prior,
-                               reuse_probs=reuse_probs, save_probs=target is None,
-                               ids=ds["id"] if "id" in ds.column_names else None)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lorafit-") as tmp:  # -o -: the submission goes to stdout
+            out = Path(tmp) / "submission.csv" if _is_stdout(output) else output or Path(run_dir) / "submission.csv"
+            # the run's own target set: its saved probabilities are reused (a prior re-applied without the
+            # model) or, when computed afresh, kept for later priors
+            t = predict_and_submit(cfg, ds["text"], out, run_dir=Path(run_dir), train_prior=train_prior,
+                                   reuse_probs=reuse_probs, save_probs=target is None,
+                                   ids=ds["id"] if "id" in ds.column_names else None)
+            if _is_stdout(output):
+                sys.stdout.write(out.read_text())
+                out = "the submission to stdout"
         info = t["prior"]
         typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class "
                    f"{dict(zip(map(str, cfg.data.labels), t['predicted_distribution']))}"
                    + (f"; prior {info['mode']} {[round(x, 3) for x in info['prior']]}, {info['changed']} changed"
                       if info.get("mode") not in (None, "none") else "")
-                   + ")")
+                   + ")", err=_is_stdout(output))
 
     _guarded(go)
 
@@ -240,14 +313,15 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              data: str = typer.Argument(..., help="a labeled set (csv/jsonl/parquet/folder/Hub id)"),
-             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here"),
-             text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here (- for stdout)"),
+             text_column: Optional[str] = typer.Option(None, help="text column of the set (default: the run's data.text_column)"),
+             label_column: Optional[str] = typer.Option(None, help="label column of the set (default: the run's data.label_column)"),
              prior: Optional[str] = typer.Option(None, help="apply a prior first: none | uniform | em | proportions"),
              prior_fit: str = typer.Option("data", "--prior-fit", help="where the prior's adjustment is fitted: data "
                                            "(this labeled set) | target (the run's saved target probabilities; "
                                            "its per-class factors then re-weight this set, as at submission)"),
-             allow_pickle: bool = typer.Option(False, "--allow-pickle"),
-             verbose: bool = typer.Option(False, "-v", "--verbose")):
+             allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
     _setup_logging(verbose)
 
@@ -257,8 +331,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         # every path, key and value is checked before the model libraries load (a mistake fails in a second)
         if prior_fit not in ("data", "target"):
             _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
-        if output is not None:  # before the evaluation: a path we cannot or may not write fails in a second
-            check_output_file(output, "metrics file (-o)", "metrics")
+        _check_output(output, "metrics file (-o)", "metrics")  # before the evaluation
         require_trained_run(run_dir)
         cfg = load_config(Path(run_dir) / "config.yaml")
         if prior not in (None, "none"):
@@ -305,9 +378,9 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
         if fitted is not None:
             m["prior"] = {"mode": fitted["mode"], "fitted_on": "target", "class_weights": fitted["class_weights"]}
-        if output:
-            atomic_write_json(output, m)
-        typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)")
+        _write_json(output, m)
+        typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)",
+                   err=_is_stdout(output))
 
     _guarded(go)
 
@@ -317,9 +390,9 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
               data: Optional[str] = typer.Option(None, "--data", help="also a labeled set (e.g. the dev set), predicted by "
                                                  "each run, to check the estimate where labels exist"),
               prior: Optional[str] = typer.Option(None, help="apply a prior to the probabilities first: none | uniform | em | proportions"),
-              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the estimates as JSON here"),
-              allow_pickle: bool = typer.Option(False, "--allow-pickle"),
-              verbose: bool = typer.Option(False, "-v", "--verbose")):
+              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the estimates as JSON here (- for stdout)"),
+              allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+              verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Estimate a recipe's accuracy on the unlabeled target set from how often runs of other seeds
     disagree there (1 - mean pairwise disagreement; Jiang et al. 2022). The runs' saved target
     probabilities are used (no model run); --data measures the same estimate's gap on a labeled set."""
@@ -335,8 +408,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
 
         if len(run_dirs) < 2:
             _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
-        if output is not None:
-            check_output_file(output, "agreement file (-o)", "agreement")
+        _check_output(output, "agreement file (-o)", "agreement")
         saved = {str(run): read_target_probs(Path(run) / "target_probs.npz") for run in run_dirs}
         try:  # a bad prior fails before any model work
             parse_prior(prior, next(iter(saved.values()))[0].shape[1])
@@ -355,7 +427,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
                   "target": agreement_estimate(target)}
         t = result["target"]
         typer.echo(f"target ({t['rows']:,} texts, {len(run_dirs)} runs): mean pairwise disagreement "
-                   f"{100 * t['mean_disagreement']:.2f}% -> estimated accuracy {100 * t['estimated_accuracy']:.2f}%")
+                   f"{100 * t['mean_disagreement']:.2f}% -> estimated accuracy {100 * t['estimated_accuracy']:.2f}%", err=_is_stdout(output))
         if data is not None:
             from lorafit.data.io import load_labeled
             from lorafit.model import load_trained
@@ -375,17 +447,16 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
             typer.echo(f"{data} ({d['rows']:,} rows): accuracy "
                        + " / ".join(f"{100 * a:.2f}%" for a in d["accuracy"])
                        + f" (mean {100 * d['mean_accuracy']:.2f}%); disagreement {100 * d['mean_disagreement']:.2f}% "
-                       f"-> estimate {100 * d['estimated_accuracy']:.2f}% (gap {100 * d['gap']:+.2f} points)")
-            typer.echo(f"target estimate minus that gap: {100 * result['target_estimate_minus_gap']:.2f}%")
-        if output is not None:
-            atomic_write_json(output, result)
+                       f"-> estimate {100 * d['estimated_accuracy']:.2f}% (gap {100 * d['gap']:+.2f} points)", err=_is_stdout(output))
+            typer.echo(f"target estimate minus that gap: {100 * result['target_estimate_minus_gap']:.2f}%", err=_is_stdout(output))
+        _write_json(output, result)
 
     _guarded(go)
 
 
 @app.command("adapt-lm")
 def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-             verbose: bool = typer.Option(False, "-v", "--verbose")):
+             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Fine-tune the causal LM (augment.lm.model) on the config's unlabeled target texts."""
     _setup_logging(verbose)
 
@@ -410,7 +481,7 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
 @app.command()
 def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-             verbose: bool = typer.Option(False, "-v", "--verbose")):
+             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Generate labeled samples per class from the prompt bank (resumable; splits across processes)."""
     _setup_logging(verbose)
 
@@ -439,7 +510,7 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
            card: bool = typer.Option(True, "--card/--no-card", help="also (re)write the adapter's model card model/README.md"),
-           verbose: bool = typer.Option(False, "-v", "--verbose")):
+           verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Write RUN_DIR/report.html: one self-contained page with the results, data, curves and samples of a run."""
     _setup_logging(verbose)
 
@@ -457,21 +528,33 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/qui
 
 @app.command()
 def compare(run_dirs: List[Path] = typer.Argument(..., help="run folders, e.g. runs/quickstart runs/r4"),
-            html: Optional[Path] = typer.Option(None, "--html", help="also write the table as a self-contained HTML page")):
+            html: Optional[Path] = typer.Option(None, "--html", help="also write the table as a self-contained HTML page"),
+            as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON (one record per run)"),
+            as_csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV (a line per field, a column per run)")):
     """Runs side by side: the config keys that differ, validation accuracy and macro-F1, target
     distribution, times per stage (a field a run lacks is left blank)."""
     _setup_logging(False)
 
     def go():
+        import json
+
         from rich.console import Console
 
         from lorafit.io_utils import atomic_write_text
-        from lorafit.report import compare_runs, comparison_html, comparison_table
+        from lorafit.report import (compare_runs, comparison_csv, comparison_html, comparison_records,
+                                    comparison_table)
 
+        if as_json and as_csv:
+            _fail("--json and --csv: choose one")
         if html is not None:
             check_output_file(html, "comparison page (--html)", "html")
         names, rows = compare_runs(run_dirs)
-        Console().print(comparison_table(names, rows))
+        if as_json:
+            typer.echo(json.dumps(comparison_records(names, rows), indent=2))
+        elif as_csv:
+            typer.echo(comparison_csv(names, rows), nl=False)
+        else:  # piped: as wide as the table needs (a terminal's width otherwise)
+            Console(width=None if sys.stdout.isatty() else 100_000).print(comparison_table(names, rows))
         if html is not None:
             atomic_write_text(html, comparison_html(names, rows))
             typer.echo(f"wrote {html}")

@@ -573,6 +573,24 @@ def comparison_table(names: list[str], rows: list[tuple[str, list[str]]]):
     return t
 
 
+def comparison_records(names: list[str], rows: list[tuple[str, list[str]]]) -> list[dict]:
+    """:func:`compare_runs`' output as one record per run (``run`` then each row's field), for JSON."""
+    return [{"run": n, **{key: cells[i] for key, cells in rows}} for i, n in enumerate(names)]
+
+
+def comparison_csv(names: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """:func:`compare_runs`' output as CSV: a header ``field,<run>,<run>...``, then one line per field."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["field", *names])
+    for key, cells in rows:
+        w.writerow([key, *cells])
+    return out.getvalue()
+
+
 def comparison_html(names: list[str], rows: list[tuple[str, list[str]]]) -> str:
     body = table(["", *map(esc, names)], [[f"<b>{esc(k)}</b>", *map(esc, cells)] for k, cells in rows])
     return page("lorafit runs compared", f"{len(names)} runs: config keys that differ, then results",
