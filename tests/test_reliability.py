@@ -304,6 +304,7 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_first(trained_ru
     import time
 
     run = copy_run(trained_run, tmp_path)
+    (run / "metrics.json").unlink()  # an unfinished run, which a rerun continues
     inp = {**trained_run, "runs": tmp_path / "runs"}
     extra = {"predict.prior": "uniform", "selftrain.select_after_prior": "true"}
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
@@ -430,6 +431,7 @@ def test_damaged_or_missing_adapter_and_edited_labels_are_one_line(trained_run, 
 
 def test_a_damaged_checkpoint_is_one_line_advising_fresh(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path)
+    (run / "metrics.json").unlink()  # an unfinished run, which a rerun resumes from its last checkpoint
     inp = {**trained_run, "runs": tmp_path / "runs"}
     last = max(run.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     weights = last / "adapter_model.safetensors"
@@ -444,7 +446,7 @@ def test_a_truncated_metrics_json_is_refused_not_taken_for_absent(trained_run, t
     metrics.write_text(metrics.read_text()[:200])
     card, page = (run / "model" / "README.md").read_bytes(), (run / "report.html").read_bytes()
     one_line_error(invoke("report", run), 2, f"{metrics}: damaged, the run's results cannot be read (not valid JSON",
-                   f"lorafit run {run / 'config.yaml'}")
+                   f"delete it and run `lorafit run {run / 'config.yaml'}`")
     assert (run / "model" / "README.md").read_bytes() == card and (run / "report.html").read_bytes() == page
     one_line_error(invoke("compare", run, run), 2, f"{metrics}")
 

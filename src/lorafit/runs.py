@@ -44,7 +44,7 @@ AUGMENT_REPORT = "augment_report.json"
 # cannot be resumed (its checkpoints would not load) and must not be mixed with a new run.
 ADAPTER_SHAPE_KEYS = ("model.name", "data.labels", "lora.")
 # Keys that change how a run executes, not what it computes: a rerun may change them.
-FREE_KEYS = ("name", "output_dir", "train.resume", "train.dataloader_workers", "predict.workers",
+FREE_KEYS = ("name", "output_dir", "train.resume", "train.dataloader_workers", "train.report_to", "predict.workers",
              "predict.batch_size", "data.allow_pickle", "model.trust_remote_code", "search.")
 
 
@@ -223,7 +223,7 @@ def read_metrics(run_dir: Path | str) -> Optional[RunMetrics]:
     damaged one, or one that is not a run's results (no ``val_accuracy``), is a
     :class:`RunStateError` naming it: a damaged file is never taken for an absent one."""
     path = Path(run_dir) / METRICS
-    redo = (f"restore it, or run `lorafit run {Path(run_dir) / CONFIG}` to write it again "
+    redo = (f"restore it, or delete it and run `lorafit run {Path(run_dir) / CONFIG}` to write it again "
             "(training resumes from its last checkpoint)")
     raw = read_json_file(path, "results", redo)
     if raw is None:
