@@ -79,6 +79,7 @@ def test_budget_first_pruning_results_and_best_config(tiny_roberta_dir, tmp_path
     result = run_search(path, [], trials=2)
     study = load_study(tmp_path)
     assert states(study) == ["complete", "infeasible", "pruned"]
+    assert study.metric_names == ["val_accuracy"]  # optuna-dashboard's name for the objective
     runs = tmp_path / "runs" / "tiny-search"
     t0, t1, t2 = study.trials
 

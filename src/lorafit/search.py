@@ -381,6 +381,10 @@ def _load_or_create(store, cfg: Config, study_dir: Path, n_trials: int, worker_i
     if saved is None and worker_index == 0:
         study.set_user_attr("space", space)
         study.set_user_attr("objective", json.dumps(cfg.search.objective, default=str))
+        with warnings.catch_warnings():  # optuna marks metric names experimental
+            warnings.simplefilter("ignore")
+            # optuna-dashboard shows this name instead of "Objective 0"
+            study.set_metric_names([cfg.search.objective if isinstance(cfg.search.objective, str) else "objective"])
     elif saved is not None and saved != space:
         log.warning("search.space differs from the one this study started with; earlier trials were sampled "
                     "from the old space")

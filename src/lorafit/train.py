@@ -300,7 +300,7 @@ def training_arguments(cfg: Config, output_dir: Path, epochs: Optional[float] = 
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient: skip DDP's extra graph walk
         dataloader_num_workers=t.dataloader_workers,
-        report_to=["tensorboard"],
+        report_to=list(t.report_to) or "none",
         disable_tqdm=not progress_bars(),  # bars on a terminal only; a log file gets lines
         use_cpu=device == "cpu",
     )

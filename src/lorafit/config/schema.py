@@ -221,11 +221,26 @@ class TrainConfig(Section):
                                      "mean of its last N checkpoints (the final state last; also per self-training "
                                      "round). N > 1 keeps the final state instead of the best evaluation's, and "
                                      "save_total_limit must keep N. 1 = off.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Where the Trainer also sends its logs: `tensorboard` "
+        "(event files under `<run folder>/checkpoints/`: `tensorboard --logdir runs/<name>/checkpoints`), `wandb`, "
+        "`mlflow` (their packages are the `wandb` and `mlflow` extras, not installed by default); [] = none.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation.")
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig, description="Consistency loss on the "
                                            "target texts.")
 
     _optim = field_validator("optim")(classmethod(lambda cls, v: check_optimizer(v)))
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        for name in v:
+            if name != "tensorboard" and importlib.util.find_spec(name) is None:
+                raise invalid(f"'{name}' needs its package, which is not installed: pip install '{name}' "
+                                 f"(or the lorafit extra: pip install 'lorafit[{name}]')")
+        return list(dict.fromkeys(v))
     _scheduler = field_validator("lr_scheduler")(classmethod(lambda cls, v: check_scheduler(v)))
 
     @model_validator(mode="after")
