@@ -39,7 +39,7 @@ from lorafit.text import synonym_finder
 from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
-from lorafit.io_utils import atomic_write_json, check_ours, mark_ours
+from lorafit.io_utils import atomic_write_json, check_ours, lock_folder, mark_ours
 from lorafit.precision import inference_precision
 from lorafit.inference import predict_teacher
 
@@ -95,6 +95,7 @@ def adapt_lm_stage(cfg: Config, target_texts: Sequence[str], run_dir: Path) -> P
     out = lm_output_dir(cfg, run_dir)
     if cfg.augment.lm.output:  # a folder of its own: lorafit writes (and replaces model/) only in one it made
         mark_ours(check_ours(out, "augment.lm.output", legacy=lambda p: (p / "train_log.json").is_file()), "lm")
+        lock_folder(out, "augment.lm.output")  # one writer at a time, as for a run folder
     if (out / "model" / "config.json").is_file():
         log.info("adapted LM found at %s; skipping LM adaptation (delete it to retrain)", out / "model")
         return out / "model"
@@ -195,6 +196,10 @@ def check_augment_inputs(cfg: Config, has_target: bool) -> None:
                               "folder (runs/<name>) or a classifier model folder")
 
 
+def _has_text(text: str) -> bool:
+    return bool(text.strip())
+
+
 def generator_summary(cfg: Config, run_dir: Path) -> dict:
     """Name, license and size of the LM that wrote this run's samples, and the held-out target
     perplexity before and after its adaptation (from synthetic/manifest.json and the LM's train_log.json)."""
@@ -290,7 +295,11 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
                 reference_texts=train_texts, teacher_probs=probs, teacher_confidence=a.select.teacher_confidence,
                 disagree=a.select.disagree, disagree_weight=a.select.disagree_weight)
         else:  # cleaned like every training text (the selection stage cleans on its own)
-            pooled = clean_dataset(pooled, cfg).filter(lambda t: bool(t.strip()), input_columns="text")
+            # a module-level function and a given fingerprint: datasets hashes no function (inside its
+            # bare `except:`, where a Ctrl-C would be swallowed)
+            cleaned = clean_dataset(pooled, cfg)
+            pooled = cleaned.filter(_has_text, input_columns="text",
+                                    new_fingerprint=f"{cleaned._fingerprint}-nonempty")
         sources = pooled["source"][:]
         if a.generate.enabled:
             rows["synthetic"] = sources.count("synthetic")
