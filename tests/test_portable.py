@@ -312,3 +312,66 @@ def test_rerunning_a_finished_run_says_it_is_complete(tiny_run):
     assert result.exit_code == 2
     assert "run already complete" in result.stderr and "--fresh" in result.stderr and "validation accuracy" in result.stderr
     assert (tiny_run / "metrics.json").read_text() == before
+
+
+def test_summary_report_and_card_say_which_evaluation_was_restored(tiny_run):
+    from lorafit.metrics import restored_line
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    r = metrics["restored"]
+    assert r["evaluations"] == 6 and r["best_accuracy"] == max(
+        h["eval_accuracy"] for h in json.loads((tiny_run / "train_log.json").read_text()) if "eval_accuracy" in h)
+    line = restored_line(r)
+    assert line.startswith("best of 6 evaluations (epoch ")
+    assert f"- {line}" in (tiny_run / "summary.md").read_text()
+    assert f"- {line}" in (tiny_run / "model" / "README.md").read_text()
+    import html
+
+    assert html.escape(line) in (tiny_run / "report.html").read_text()
+
+
+def test_provenance_in_metrics_report_and_card(tiny_run):
+    from lorafit import __version__
+
+    origin = json.loads((tiny_run / "metrics.json").read_text())["provenance"]
+    assert origin["lorafit_version"] == __version__ and origin["started"][:2] == "20"
+    assert origin["command"].startswith("lorafit.run(None")  # made through the Python API
+    assert "git_commit" not in origin  # no config file, so no repository to name
+    page = (tiny_run / "report.html").read_text()
+    assert "Provenance" in page and origin["started"] in page
+    assert f"trained with lorafit {__version__}, started {origin['started']}" in (tiny_run / "model" / "README.md").read_text()
+
+
+def test_provenance_names_the_git_commit_of_the_config(tmp_path):
+    import shutil
+
+    from lorafit.runs import provenance
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    config = repo / "exp.yaml"
+    config.write_text("seed: 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "exp.yaml"], ["commit", "-q", "-m", "x"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    origin = provenance("lorafit run exp.yaml", config)
+    assert origin["git_commit"] == head and origin["git_dirty"] is False and origin["config"] == str(config.resolve())
+    config.write_text("seed: 2\n")
+    assert provenance("", config)["git_dirty"] is True
+    assert "git_commit" not in provenance("", tmp_path / "elsewhere.yaml")
+
+
+def test_report_shows_the_config_keys_that_differ_from_the_defaults(tiny_run):
+    from lorafit.report_page import config_differences
+
+    import yaml
+
+    changed = dict((k, v) for k, v, _ in config_differences(yaml.safe_load((tiny_run / "config.yaml").read_text())))
+    assert changed["model.max_length"] == 32 and changed["train.epochs"] == 6 and changed["train.learning_rate"] == 0.02
+    assert "lora.r" not in changed and "seed" not in changed and "name" not in changed  # defaults (4, 42)
+    page = (tiny_run / "report.html").read_text()
+    assert "keys differ from lorafit&#x27;s defaults" in page or "keys differ from lorafit's defaults" in page
+    assert "<details><summary>the whole config.yaml</summary>" in page

@@ -27,3 +27,16 @@ def test_a_tracker_without_its_package_is_a_config_error(tracker):
 def test_an_unknown_tracker_is_a_config_error():
     with pytest.raises(ConfigError, match="tensorboard|wandb|mlflow"):
         load_config(None, ["train.report_to=[comet]"])
+
+
+def test_restored_evaluation_is_the_first_best_not_the_last():
+    from lorafit.metrics import restored_evaluation, restored_line
+
+    history = [{"loss": 1.0, "step": 1}, {"eval_accuracy": 0.90, "epoch": 1.0, "step": 6},
+               {"eval_accuracy": 0.9688, "epoch": 2.0, "step": 12}, {"eval_accuracy": 0.9688, "epoch": 3.0, "step": 18},
+               {"eval_accuracy": 0.99, "epoch": 1.0, "step": 6, "adapter": 1},  # another adapter's
+               {"eval_accuracy": 0.9479, "epoch": 4.0, "step": 24}]
+    r = restored_evaluation(history)
+    assert (r["evaluations"], r["best"], r["best_epoch"], r["best_accuracy"], r["last_accuracy"]) == (4, 2, 2.0, 0.9688, 0.9479)
+    assert restored_line(r) == "best of 4 evaluations (epoch 2) restored: 96.88%; last evaluation 94.79%"
+    assert restored_evaluation([{"loss": 1.0}]) is None

@@ -67,19 +67,25 @@ def run(config: Optional[PathLike] = None, fresh: bool = False, **overrides) -> 
     """Run every enabled stage of ``config`` (a YAML file; None = the built-in defaults) with
     ``overrides`` applied, as ``lorafit run`` does; ``fresh`` replaces an earlier run in the run
     folder. Raises a :class:`lorafit.errors.LorafitError` for a mistake in the config or data."""
-    return run_config(load_config(config, override_strings(overrides)), fresh=fresh)
+    call = ", ".join([repr(str(config)) if config is not None else "None", *(["fresh=True"] if fresh else []),
+                      *(f"{k}={v!r}" for k, v in overrides.items())])
+    return run_config(load_config(config, override_strings(overrides)), fresh=fresh, config_path=config,
+                      command=f"lorafit.run({call})")
 
 
-def run_config(cfg: Config, fresh: bool = False, command: str = "") -> RunResult:
+def run_config(cfg: Config, fresh: bool = False, command: str = "",
+               config_path: Optional[PathLike] = None) -> RunResult:
     """Run a loaded config (``lorafit run`` and :func:`run`): the config is checked, then the data,
     then the model libraries are imported and the stages run. Every log record also goes to the
-    run folder's ``run.log`` (``command``: how the run was started, its first line)."""
+    run folder's ``run.log`` (``command``: how the run was started, its first line). metrics.json
+    records the provenance: start time, command, lorafit version, ``config_path`` and its git commit."""
     import os
 
     from lorafit.logs import adopt_library_loggers, run_log
-    from lorafit.runs import check_run_dir
+    from lorafit.runs import check_run_dir, provenance
 
     check_run_dir(cfg, fresh)
+    origin = provenance(command, config_path)
     check_not_complete(cfg, fresh)
     main = int(os.environ.get("RANK", "0")) == 0  # one writer of run.log
     if main:  # another process writing this folder: refused before this one touches its run.log
@@ -98,7 +104,7 @@ def run_config(cfg: Config, fresh: bool = False, command: str = "") -> RunResult
         from lorafit.pipeline import run as run_pipeline, summary
 
         adopt_library_loggers()
-        metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer)  # None/empty on the other processes
+        metrics = run_pipeline(cfg, data, fresh=fresh, timer=timer, provenance=origin)  # None on the other processes
     return RunResult(run_dir=Path(cfg.run_dir), config=cfg,
                      metrics=metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics or {}),
                      summary=summary(cfg, metrics) if metrics else "")

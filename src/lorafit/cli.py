@@ -175,7 +175,7 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         cfg = _load(config, overrides or [], name, output_dir, allow_pickle, trust_remote_code)
         from lorafit.api import run_config
 
-        result = run_config(cfg, fresh=fresh, command=" ".join(["lorafit", *sys.argv[1:]]))
+        result = run_config(cfg, fresh=fresh, command=" ".join(["lorafit", *sys.argv[1:]]), config_path=config)
         if result.summary:  # empty on the non-zero ranks of a multi-process run
             typer.echo(result.summary, nl=False)
 

@@ -66,3 +66,29 @@ def agreement_estimate(preds: Sequence[Sequence[int]], labels: Optional[Sequence
 def distribution(labels: Sequence[int], k: int) -> list[int]:
     """How many of ``labels`` fall in each of the ``k`` classes."""
     return np.bincount(np.asarray(labels, int), minlength=k).tolist()
+
+
+def restored_evaluation(log_history: list[dict]) -> Optional[dict]:
+    """Which evaluation the Trainer's ``load_best_model_at_end`` restored, from its log: the first
+    with the highest ``eval_accuracy`` among the first adapter's evaluations (``adapter``-marked
+    entries belong to the others), next to the last one. None without evaluations."""
+    evals = [h for h in log_history if "eval_accuracy" in h and "adapter" not in h]
+    if not evals:
+        return None
+    i = max(range(len(evals)), key=lambda j: (evals[j]["eval_accuracy"], -j))
+    best, last = evals[i], evals[-1]
+    return {"evaluations": len(evals), "best": i + 1, "best_epoch": best.get("epoch"), "best_step": best.get("step"),
+            "best_accuracy": best["eval_accuracy"], "last_epoch": last.get("epoch"), "last_step": last.get("step"),
+            "last_accuracy": last["eval_accuracy"]}
+
+
+def restored_line(r: Optional[dict]) -> Optional[str]:
+    """``best of 4 evaluations (epoch 2) restored: 96.88%; last evaluation 94.79%`` (None without one)."""
+    if not r:
+        return None
+    epoch = r.get("best_epoch")
+    where = f"epoch {epoch:g}" if isinstance(epoch, (int, float)) else f"step {r.get('best_step')}"
+    if r["evaluations"] == 1:
+        return f"one evaluation ({where}): {100 * r['best_accuracy']:.2f}%"
+    return (f"best of {r['evaluations']} evaluations ({where}) restored: {100 * r['best_accuracy']:.2f}%; "
+            f"last evaluation {100 * r['last_accuracy']:.2f}%")

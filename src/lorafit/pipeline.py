@@ -33,7 +33,7 @@ from lorafit.model import adapter_names, build_model, load_tokenizer
 from lorafit.precision import for_inference, inference_precision
 from lorafit.inference import predict_with_config
 from lorafit.predict import label_prior, predict_and_submit
-from lorafit.metrics import classification_metrics
+from lorafit.metrics import classification_metrics, restored_evaluation, restored_line
 import lorafit.runs as runs
 from lorafit.runs import RunFacts, RunMetrics, check_run_dir, is_legacy_run, write_metrics
 from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves,
@@ -47,7 +47,8 @@ RUN_FOLDER = "run folder (output_dir/name)"
 
 
 def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = False,
-        timer: Optional[StageTimer] = None, callbacks: Optional[list] = None) -> Optional[RunMetrics]:
+        timer: Optional[StageTimer] = None, callbacks: Optional[list] = None,
+        provenance: Optional[dict] = None) -> Optional[RunMetrics]:
     """Run every enabled stage of ``cfg``; returns the run's results, also saved as metrics.json
     (None on the other processes of a multi-process run).
 
@@ -55,7 +56,8 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     fast on bad data before the model stack is imported). ``fresh``: replace a previous run in
     the run folder instead of continuing it (see :func:`lorafit.runs.check_run_dir`). ``timer``: the
     caller's :class:`StageTimer` when it timed stages before this call (the CLI times the data stage).
-    ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one)."""
+    ``callbacks``: extra Trainer callbacks for the main training stage (``lorafit search`` prunes with one).
+    ``provenance``: where the run came from (:func:`lorafit.runs.provenance`), saved in metrics.json."""
     timer = timer or StageTimer()  # seconds per stage -> metrics.json stage_seconds
     run_dir = check_run_dir(cfg, fresh)  # writable, and not another adapter shape's run folder
     if is_first_process():  # another process writing this folder: refused now, not after loading
@@ -90,6 +92,7 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     if data.target is not None:
         metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir)
         timer.lap("predict")
+    metrics.provenance = provenance or runs.provenance()
     finish_run(cfg, run_dir, metrics, timer, data.target)
     release_folder(run_dir)
     return metrics
@@ -149,8 +152,12 @@ def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: Ru
     val_metrics = evaluate(model, tokenizer, cfg, val, each=each)
     plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / runs.CONFUSION_PLOT)
     plot_curves(trained.history + selftrain.history, run_dir / runs.CURVES_PLOT)
+    # the main training's model is its best evaluation, not its last (one adapter; averaging keeps the last)
+    restored = (restored_evaluation(trained.history)
+                if len(trained.adapters) == 1 and trained.trainer.args.load_best_model_at_end else None)
     return RunMetrics(val_accuracy=val_metrics["accuracy"], val_macro_f1=val_metrics["macro_f1"], val=val_metrics,
                       **facts.to_dict(), selftrain=selftrain.rounds, train_seconds=round(train_seconds, 1),
+                      **({"restored": restored} if restored else {}),
                       **ensemble_metrics(cfg, each, val_metrics, val, trained))
 
 
@@ -243,6 +250,7 @@ def summary(cfg: Config, m: RunMetrics) -> str:
         f"- trainable params: {b['trainable']:,} of {b['total']:,} (budget {b['max_trainable']:,})",
         f"- train rows: {m.train_rows:,}; validation rows: {m.data['val_rows']:,}",
         f"- validation accuracy: {100 * m.val_accuracy:.2f}%  macro-F1: {100 * m.val_macro_f1:.2f}%",
+        *([f"- {'main training: ' if m.selftrain else ''}{restored_line(m.restored)}"] if m.restored else []),
         f"- training time: {m.train_seconds:.0f} s; wall time: {m.wall_seconds:.0f} s",
     ]
     if m.ensemble:

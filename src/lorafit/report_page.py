@@ -8,6 +8,7 @@ from typing import Optional
 from string import Template
 
 from lorafit.config import hub_model_id
+from lorafit.metrics import restored_line
 from lorafit.runs import RunFacts, RunMetrics
 
 # Plain CSS: system fonts, a narrow column, tables that read at a glance. No external URL.
@@ -146,6 +147,8 @@ def _headline(f: dict) -> str:
     if m.train_rows is not None:
         cards.append(card(num(m.train_rows), "training rows"))
     out = f'<div class="cards">{"".join(cards)}</div>'
+    if m.restored:  # the model is the best evaluation's, which is not the last one's
+        out += f"<p>{'Main training: ' if m.selftrain else ''}{esc(restored_line(m.restored))}.</p>"
     dist = _get(m.target, "predicted_distribution")
     if dist:
         total = sum(dist) or 1
@@ -404,19 +407,51 @@ def _timing(f: dict) -> str:
     return table(["stage", "time", "share", ""], rows, numeric={1, 2})
 
 
+def config_differences(config: dict) -> list[tuple[str, object, object]]:
+    """(key, value, default) of each key of a saved config whose value is not lorafit's default
+    (``name`` aside); a key the defaults lack has default None."""
+    from lorafit.config import flatten, load_config
+
+    defaults = flatten(load_config(None, []).to_dict())
+    return [(k, v, defaults.get(k)) for k, v in flatten(config).items() if k != "name" and defaults.get(k, v is None) != v]
+
+
 def _config(f: dict) -> str:
     if not f["config"]:
         return missing("No config.yaml in this run folder.")
     import yaml
 
-    return f"<pre>{esc(yaml.safe_dump(f['config'], sort_keys=False))}</pre>"
+    try:
+        changed = config_differences(f["config"])
+    except Exception:  # noqa: BLE001  (a config of another lorafit version: shown whole only)
+        changed = None
+    whole = (f"<details><summary>the whole config.yaml</summary><pre>{esc(yaml.safe_dump(f['config'], sort_keys=False))}"
+             "</pre></details>")
+    if changed is None:
+        return whole
+    if not changed:
+        return "<p>Every key has its default value.</p>" + whole
+    rows = [[f"<code>{esc(k)}</code>", f"<code>{esc(v)}</code>", f"<code>{esc(d)}</code>"] for k, v, d in changed]
+    return (f"<p>{len(changed)} keys differ from lorafit's defaults.</p>" + table(["key", "this run", "default"], rows)
+            + whole)
+
+
+PROVENANCE = [("started", "started"), ("command", "command"), ("lorafit_version", "lorafit version"),
+              ("config", "config file"), ("git_commit", "git commit of the config's repository"),
+              ("git_dirty", "config file changed since that commit")]
 
 
 def _environment(f: dict) -> str:
-    env = f["metrics"].environment if f["metrics"] else None
+    m = f["metrics"]
+    env = m.environment if m else None
+    origin = (m.provenance or {}) if m else {}
+    out = ""
+    if origin:
+        out += "<h3>Provenance</h3>" + table(["", ""], [[esc(label), f"<code>{esc(origin[k])}</code>"]
+                                                       for k, label in PROVENANCE if k in origin])
     if not env:
-        return missing("This run did not record its environment (metrics.json has no environment).")
-    return table(["", ""], [[esc(k), esc(v)] for k, v in env.items()])
+        return out + missing("This run did not record its environment (metrics.json has no environment).")
+    return out + table(["", ""], [[esc(k), esc(v)] for k, v in env.items()])
 
 
 SECTIONS = [
@@ -526,6 +561,14 @@ def render_model_card(cfg, m: RunFacts) -> str:
     out += ["## Results", ""]
     if results:
         out += [f"- validation accuracy: {pct(results.val_accuracy)}; macro-F1: {pct(results.val_macro_f1)}"]
+        if results.restored:  # which evaluation's weights these are
+            out.append(f"- {'main training: ' if results.selftrain else ''}{restored_line(results.restored)}")
+        origin = results.provenance or {}
+        if origin:
+            out.append(f"- trained with lorafit {origin.get('lorafit_version', '?')}, started {origin.get('started', '?')}"
+                       + (f", config at git commit `{origin['git_commit'][:12]}`"
+                          + (" (with uncommitted changes)" if origin.get("git_dirty") else "")
+                          if origin.get("git_commit") else ""))
         if results.ensemble:
             e = results.ensemble
             out.append("- validation accuracy per adapter: " + ", ".join(

@@ -13,6 +13,7 @@ last checkpoint with other settings, e.g. ``train.max_steps``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -202,6 +203,8 @@ class RunMetrics(RunFacts):
     train_seconds: Optional[float] = None
     ensemble: Optional[dict[str, Any]] = None  # several adapters averaged: each one's validation accuracy
     checkpoint_average: Optional[dict[str, Any]] = None  # train.average_checkpoints: the steps averaged
+    restored: Optional[dict[str, Any]] = None  # the evaluation load_best_model_at_end restored (metrics.restored_evaluation)
+    provenance: Optional[dict[str, Any]] = None  # start time, command line, lorafit version, config file and its git commit
     target: Optional[dict[str, Any]] = None  # lorafit.predict's facts of the target set's prediction
     stage_seconds: dict[str, float] = {}
     environment: dict[str, Any] = {}
@@ -365,3 +368,33 @@ def require_trained_run(run_dir: Path | str) -> Path:
                              f"restore it, or run `lorafit run {Path(run_dir) / 'config.yaml'}` to save it again from "
                              "the last checkpoint (--fresh trains anew)")
     return adapter
+
+
+def provenance(command: str = "", config_path: Optional[os.PathLike | str] = None) -> dict:
+    """Where a run came from (metrics.json ``provenance``): its start time, the command line, the
+    lorafit version, the config file, and the git commit (and whether the file has uncommitted
+    changes) when that file lives in a git repository."""
+    import subprocess
+    import time
+
+    from lorafit import __version__
+
+    out: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lorafit_version": __version__}
+    if command:
+        out["command"] = command
+    if config_path is not None:
+        path = Path(config_path).resolve()
+        out["config"] = str(path)
+
+        def git(*args: str) -> Optional[str]:
+            try:
+                r = subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True, timeout=5)
+            except (OSError, subprocess.SubprocessError):
+                return None
+            return r.stdout.strip() if r.returncode == 0 else None
+
+        commit = git("rev-parse", "HEAD")
+        if commit:
+            out["git_commit"] = commit
+            out["git_dirty"] = bool(git("status", "--porcelain", "--", str(path)))
+    return out
