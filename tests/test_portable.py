@@ -375,3 +375,18 @@ def test_report_shows_the_config_keys_that_differ_from_the_defaults(tiny_run):
     page = (tiny_run / "report.html").read_text()
     assert "keys differ from lorafit&#x27;s defaults" in page or "keys differ from lorafit's defaults" in page
     assert "<details><summary>the whole config.yaml</summary>" in page
+
+
+def test_adapter_card_metadata_is_model_card_data():
+    """The adapter's card front matter comes from huggingface_hub's ModelCardData: the bundled MiniLM's
+    Hub id, licence and language; Hub data sets by id and never a local path; the budget."""
+    from huggingface_hub import ModelCard
+
+    from lorafit.report import model_card
+
+    data = ModelCard(model_card(load_config(None, ["model.name=minilm", "data.source=ag_news"]))).data.to_dict()
+    assert data["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data["license"] == "apache-2.0" and data["language"] == "en" and data["datasets"] == ["ag_news"]
+    assert data["trainable_parameter_budget"] == {"max_trainable": 1_000_000}
+    local = ModelCard(model_card(load_config(None, ["data.source=/data/train.csv"]))).data.to_dict()
+    assert "datasets" not in local and "/data/train.csv" not in str(local)

@@ -60,7 +60,8 @@ def card_data(cfg: Config, metrics: Optional[dict] = None, library_name: str = "
     if "val_accuracy" in m:
         where = cfg.data.validation or cfg.data.source
         common = dict(task_type="text-classification", task_name="Text Classification",
-                      dataset_type=_hub_dataset(where) or "local", dataset_name=f"{Path(str(where)).name} (validation)",
+                      dataset_type=_hub_dataset(where) or "local", dataset_name=f"{Path(str(where)).name} (validation"
+                      + ("" if cfg.data.validation else f": {cfg.data.val_fraction:g} of the source") + ")",
                       dataset_split="validation")
         results = [EvalResult(metric_type="accuracy", metric_value=round(m["val_accuracy"], 4),
                               metric_name="validation accuracy", **common),

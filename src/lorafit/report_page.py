@@ -489,28 +489,20 @@ def render_report(facts: dict) -> str:
 def render_model_card(cfg, m: RunFacts) -> str:
     """A Hugging Face model card (README.md with YAML front matter) for a run's LoRA adapter: with
     the results when ``m`` is a finished run's :class:`RunMetrics`."""
-    import yaml
+    from lorafit.export import card_data
 
     results = m if isinstance(m, RunMetrics) else None
 
     labels = list(map(str, cfg.data.labels))
-    front = {"library_name": "peft", "base_model": hub_model_id(str(cfg.model.name)), "pipeline_tag": "text-classification",
-             "tags": ["lorafit", "lora", "peft", "text-classification"], "metrics": ["accuracy", "f1"]}
-    if results:
-        front["model-index"] = [{"name": str(cfg.name), "results": [{
-            "task": {"type": "text-classification", "name": "Text Classification"},
-            "dataset": {"type": str(cfg.data.validation or cfg.data.source),
-                        "name": f"{cfg.data.validation or cfg.data.source} (validation"
-                                + ("" if cfg.data.validation else f": {cfg.data.val_fraction:g} of the source") + ")"},
-            "metrics": [{"type": "accuracy", "value": round(results.val_accuracy, 4), "name": "validation accuracy"},
-                        {"type": "f1", "value": round(results.val_macro_f1, 4), "name": "validation macro-F1"}]}]}]
+    # the front matter is huggingface_hub's ModelCardData: base model, licence, language, datasets, eval results, budget
+    front = card_data(cfg, m.to_dict(), "peft").to_yaml()
     lo, tr, a, st = cfg.lora, cfg.train, cfg.augment, cfg.selftrain
     b = m.budget
     n_adapters = ((results and results.ensemble) or {}).get("adapters") or b.get("adapters") or cfg.predictor_adapters
     what = (f"A LoRA adapter (PEFT) with a classification head for {len(labels)} classes" if n_adapters == 1 else
             f"An ensemble of {n_adapters} LoRA adapters (PEFT) on one frozen base, each with its own classification "
             f"head for {len(labels)} classes (lorafit averages their probabilities)")
-    out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+    out = ["---", front.strip(), "---", "",
            f"# {cfg.name}: LoRA text classifier on `{cfg.model.name}`", "",
            f"{what}, trained by lorafit under a trainable-parameter budget.", "",
            "Labels (id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(labels)), "",
