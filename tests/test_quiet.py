@@ -44,3 +44,28 @@ def test_a_run_prints_only_its_summary_and_logs_to_run_log(tiny_roberta_dir, tin
     assert proc.stdout == (run_dir / "summary.md").read_text()
     assert " INFO " not in proc.stderr
     assert "lorafit.train: step 12/12: loss" in (run_dir / "run.log").read_text()
+
+
+def test_progress_bars_off_a_terminal_every_library(monkeypatch):
+    """Off a terminal every bar is off, a bare tqdm in a library too (GGUF conversion); -q also on one."""
+    import logging
+
+    import lorafit.logs as logs
+
+    for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(logs, "_progress", None)
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+        logs.setup_logging(0)
+        assert not logs.progress_bars()
+        assert os.environ["TQDM_DISABLE"] == os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        logs.setup_logging(-1)
+        assert not logs.progress_bars()
+        logs.setup_logging(0)
+        assert logs.progress_bars()
+    finally:
+        root.handlers[:], _ = before[0], root.setLevel(before[1])

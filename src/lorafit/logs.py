@@ -28,6 +28,7 @@ KNOWN_LOG_LINES = [("transformers.trainer_utils", "mtime may not be reliable")] 
 KNOWN_WARNINGS = [
     (r".*`is_gradient_checkpointing` is deprecated", FutureWarning),  # PEFT asks transformers' old name
     (r".*`torch_dtype` is deprecated", FutureWarning),
+    (r".*`past_key_values` is deprecated", FutureWarning),  # transformers' cache API change, no effect on results
     # PEFT's checkpoint save asks the Hub whether the base's vocabulary changed; offline it cannot, and LoRA on
     # attention/dense layers never changes it
     (r"Could not find a config file in .* will assume that the vocabulary was not modified", UserWarning),
@@ -63,6 +64,7 @@ def setup_logging(verbosity: int = 0) -> None:
     if not _progress:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow huggingface_hub's
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # any other bar (a library's bare tqdm, e.g. GGUF conversion)
     filter_known_warnings()
     adopt_library_loggers()
 

@@ -33,6 +33,7 @@ from lorafit.augment.causal_lm import (GENERATOR_FILE, SCRATCH_PREFIX, describe_
 from lorafit.data.io import DataError
 from lorafit.errors import ConfigError
 from lorafit.io_utils import atomic_path, atomic_write_json, last_complete_checkpoint
+from lorafit.logs import quiet_trainer
 from lorafit.precision import pick_precision
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def adapt_language_model(model: str, texts: Sequence[str], output_dir: Path | st
     # length of generated texts is set by the sampled target lengths, not by learned stops.
     trainer = Trainer(model=lm, args=args, train_dataset=train_ds, processing_class=tokenizer,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    quiet_trainer(trainer)  # its metric dicts go to the log, not to stdout
     last = last_complete_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None  # never a half-saved one
     if last:
         log.info("resuming LM adaptation from %s", last)
