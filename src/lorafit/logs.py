@@ -28,7 +28,6 @@ KNOWN_LOG_LINES = [("transformers.trainer_utils", "mtime may not be reliable")] 
 KNOWN_WARNINGS = [
     (r".*`is_gradient_checkpointing` is deprecated", FutureWarning),  # PEFT asks transformers' old name
     (r".*`torch_dtype` is deprecated", FutureWarning),
-    (r".*`past_key_values` is deprecated", FutureWarning),  # transformers' cache API change, no effect on results
     # PEFT's checkpoint save asks the Hub whether the base's vocabulary changed; offline it cannot, and LoRA on
     # attention/dense layers never changes it
     (r"Could not find a config file in .* will assume that the vocabulary was not modified", UserWarning),

@@ -16,6 +16,7 @@ calls the model's own forward with its KV cache (transformers' ``DynamicCache``)
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -62,6 +63,8 @@ def sample(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: S
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
+    # transformers renames forward's `past_key_values` to `cache` (the old name warns until 5.40)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out: list[list[int]] = [[] for _ in range(n)]
     alive = torch.arange(n, device=device)  # rows still generating, as indices into the original batch
     seen = ids.clone()  # the repetition penalty covers the prompt, as in transformers
@@ -70,7 +73,7 @@ def sample(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: S
     k = top_k if 0 < top_k < model.config.vocab_size else None
     with torch.inference_mode():
         for step in range(int(budget.max())):
-            logits = model(input_ids=step_input, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+            logits = model(input_ids=step_input, attention_mask=mask, position_ids=step_pos, **{cache_arg: cache},
                            use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
             if repetition_penalty != 1.0:
                 prev = logits.gather(1, seen)
