@@ -47,6 +47,7 @@ def main() -> None:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--precision", default="bf16")
+    g.add_argument("--processes", type=int, default=1, help="worker processes of one thread each (CPU)")
     for p in (a, g):
         p.add_argument("--data-dir", default="../shared/data")
     args = ap.parse_args()
@@ -74,7 +75,8 @@ def main() -> None:
     a_, loc, scale = fit_length_distribution(src_texts)
     ds = generate_samples(args.model, bank, args.per_class, args.out, a=a_, loc=loc, scale=scale, min_words=1,
                           max_words=128, batch_size=args.batch_size, seed=42, precision=args.precision,
-                          prompt_format=args.format, keep_prompt=args.keep_prompt, temperature=args.temperature)
+                          prompt_format=args.format, keep_prompt=args.keep_prompt, temperature=args.temperature,
+                          processes=args.processes)
     q = sample_quality(ds["text"], ds["label"], fit_judge(src_texts, src_labels, 4), target, label_names=LABELS)
     m = json.loads((Path(args.out) / "manifest.json").read_text())
     print(json.dumps({"samples_per_s": m["this_call"]["samples_per_s"], **q}))
