@@ -321,7 +321,10 @@ def generator_facts(run_dir: Path, cfg, metrics: Optional[RunFacts]) -> Optional
                or _read_json(run_dir / runs.AUGMENT_REPORT, {}).get("quality") or {})
     if not (adapt or manifest or quality):
         return None
-    gen = manifest.get("generator") or adapt.get("generator") or {}
+    # the samples came from the adapted LM unless augment.generate.model named another: then its
+    # base model (recorded by the adaptation) is the generator's identity
+    own_lm = cfg is None or not cfg.augment.generate.model
+    gen = (adapt.get("generator") if own_lm else None) or manifest.get("generator") or adapt.get("generator") or {}
     return {"generator": gen, "stand_in": gen.get("source") == "random init",
             "adaptation": {k: adapt.get(k) for k in ("method", "format", "global_step", "tokens_trained",
                                                       "heldout_perplexity", "wall_time_s", "trainable_parameters")}

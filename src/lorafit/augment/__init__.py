@@ -210,7 +210,7 @@ def generator_summary(cfg: Config, run_dir: Path) -> dict:
             return {}
 
     adapted = read(lm_output_dir(cfg, run_dir) / "train_log.json") if not cfg.augment.generate.model else {}
-    gen = read(Path(run_dir) / "synthetic" / "manifest.json").get("generator") or adapted.get("generator") or {}
+    gen = adapted.get("generator") or read(Path(run_dir) / "synthetic" / "manifest.json").get("generator") or {}
     return {**{k: gen.get(k) for k in ("name", "model", "base_model", "source", "license", "parameters")},
             **({"adapted": adapted.get("method"), "heldout_perplexity": adapted.get("heldout_perplexity")}
                if adapted else {})}
