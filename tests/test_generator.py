@@ -240,7 +240,9 @@ def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
     line = generator_line({**gen, "heldout_perplexity": {"before": 222.4, "after": 130.3}})
     assert line == " (SmolLM2 135M, apache-2.0, 134,515,008 parameters; held-out target perplexity 222.4 -> 130.3)"
 
-    (run / "synthetic" / "manifest.json").write_text(json.dumps({"generator": {"source": "random init"}}))
+    scratch = {"source": "random init", "model": "scratch:minilm"}
+    (run / "synthetic" / "manifest.json").write_text(json.dumps({"generator": scratch}))
+    (run / "lm" / "train_log.json").write_text(json.dumps({"generator": scratch, "method": "full"}))
     assert "stand-in" in _generator({"generator": generator_facts(run, None, None)})
     assert generator_facts(tmp_path / "empty", None, None) is None
 
