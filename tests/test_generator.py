@@ -213,9 +213,8 @@ def test_distinct_n():
 
 
 def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
-    from lorafit.report import generator_facts
+    from lorafit.report_generator import generator_facts, generator_line, render_generator
     from lorafit.runs import RunFacts
-    from lorafit.report_page import _generator, generator_line
 
     run = tmp_path / "run"
     (run / "lm").mkdir(parents=True)
@@ -231,8 +230,7 @@ def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
     quality = {"synthetic": {"samples": 12_000, "empty": 3, "judge_fidelity": 0.76, "distinct_2": 0.51,
                              "words": {"mean": 37.9, "median": 37.0}},
                "extra": {"samples": 12_000, "empty": 0, "judge_fidelity": 0.72, "words": {"mean": 30.9, "median": 31}}}
-    f = {"generator": generator_facts(run, None, RunFacts(augment={"quality": quality}))}
-    html = _generator(f)
+    html = render_generator(generator_facts(run, None, RunFacts(augment={"quality": quality})))
     for text in ("SmolLM2 135M", "apache-2.0", "134,515,008", "222.4 before, 130.3 after", "20.0 samples/s",
                  "generated here (12,000)", "augment.extra files (12,000)", "76.00%", "72.00%"):
         assert text in html, text
@@ -243,7 +241,7 @@ def test_report_names_the_generator_its_adaptation_and_sample_quality(tmp_path):
     scratch = {"source": "random init", "model": "scratch:minilm"}
     (run / "synthetic" / "manifest.json").write_text(json.dumps({"generator": scratch}))
     (run / "lm" / "train_log.json").write_text(json.dumps({"generator": scratch, "method": "full"}))
-    assert "stand-in" in _generator({"generator": generator_facts(run, None, None)})
+    assert "stand-in" in render_generator(generator_facts(run, None, None))
     assert generator_facts(tmp_path / "empty", None, None) is None
 
 

@@ -21,7 +21,7 @@ LAYERS = {
 }
 ORDER = list(LAYERS)
 # modules that belong to another unit: report_page is the report stage's page template
-UNIT_OF = {"report_page": "report", "export": "report", "train_consistency": "train"}
+UNIT_OF = {"report_page": "report", "report_generator": "report", "export": "report", "train_consistency": "train"}
 
 
 def unit(module: str) -> str | None:

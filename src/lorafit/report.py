@@ -25,6 +25,7 @@ from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
 from lorafit.metrics import distribution
 import lorafit.runs as runs
 from lorafit.runs import RunFacts, RunMetrics, read_metrics, read_target_probs
+from lorafit.report_generator import generator_facts, generator_line, render_generator
 from lorafit.report_page import esc, page, pct, render_model_card, render_report, table
 
 log = logging.getLogger(__name__)
@@ -309,30 +310,6 @@ def _training_set(run_dir: Path) -> Optional[tuple[list[str], list[int]]]:
         return None
 
 
-def generator_facts(run_dir: Path, cfg, metrics: Optional[RunFacts]) -> Optional[dict]:
-    """What wrote the run's synthetic samples and how good they are: the LM (name, license, size),
-    its adaptation (method, steps, held-out target perplexity before and after), the generation
-    speed, and the quality measures of the generated and ``augment.extra`` samples. None when the
-    run generated nothing and measured no extra samples."""
-    lm_dir = Path(cfg.augment.lm.output) if cfg is not None and cfg.augment.lm.output else run_dir / runs.LM
-    adapt = _read_json(lm_dir / runs.TRAIN_LOG, {})
-    manifest = _read_json(run_dir / runs.SYNTHETIC / "manifest.json", {})
-    quality = ((metrics.augment.get("quality") if metrics else None)
-               or _read_json(run_dir / runs.AUGMENT_REPORT, {}).get("quality") or {})
-    if not (adapt or manifest or quality):
-        return None
-    # the samples came from the adapted LM unless augment.generate.model named another: then its
-    # base model (recorded by the adaptation) is the generator's identity
-    own_lm = cfg is None or not cfg.augment.generate.model
-    gen = (adapt.get("generator") if own_lm else None) or manifest.get("generator") or adapt.get("generator") or {}
-    return {"generator": gen, "stand_in": gen.get("source") == "random init",
-            "adaptation": {k: adapt.get(k) for k in ("method", "format", "global_step", "tokens_trained",
-                                                      "heldout_perplexity", "wall_time_s", "trainable_parameters")}
-            if adapt else None,
-            "generation": {"samples": manifest.get("samples"), **(manifest.get("this_call") or {})} if manifest else None,
-            "quality": quality}
-
-
 def _synthetic_samples(run_dir: Path) -> list[dict]:
     path = run_dir / "synthetic" / "samples.jsonl"
     if not path.is_file():
@@ -423,6 +400,7 @@ def report_facts(run_dir: Path | str, target_texts: Optional[Sequence[str]] = No
     f["lengths_png"] = png_b64(lengths_figure(lengths)) if lengths else None
 
     f["generator"] = generator_facts(run_dir, run["cfg"], m)
+    f["generator_html"] = render_generator(f["generator"])
     f["synthetic"] = None
     if synth:
         f["synthetic"] = {name: [{"prompt": r.get("prompt", ""), "text": r.get("text", ""),
@@ -607,7 +585,8 @@ def model_card(cfg, metrics: Optional[RunFacts] = None) -> str:
     """A Hugging Face model card (README.md with YAML front matter) for a run's adapter: with the
     results when ``metrics`` is the finished run's :class:`RunMetrics`, else with the facts known
     before evaluation (:class:`RunFacts`) or none."""
-    return render_model_card(cfg, metrics if metrics is not None else RunFacts())
+    m = metrics if metrics is not None else RunFacts()
+    return render_model_card(cfg, m, generator=generator_line(m.augment.get("generator")))
 
 
 def write_model_card(run_dir: Path | str, cfg, metrics: Optional[RunFacts] = None) -> Path:

@@ -297,61 +297,8 @@ def _lengths(f: dict) -> str:
     return out + "<p>The source histogram counts the saved training set without its synthetic rows.</p>"
 
 
-QUALITY_ROWS = [("judge_fidelity", "label fidelity: an independent judge agrees with the prompt's class", pct),
-                ("teacher_fidelity", "label fidelity: the teacher agrees", pct),
-                ("distinct_1", "distinct-1 (unique words / words)", lambda v: f"{v:.3f}"),
-                ("distinct_2", "distinct-2 (unique word pairs / pairs)", lambda v: f"{v:.3f}"),
-                ("near_duplicate_rate", "near duplicates", pct),
-                ("length_ks", "length distance to the target texts (KS)", lambda v: f"{v:.3f}"),
-                ("empty", "empty samples", num)]
-
-
-def _generator(f: dict) -> str:
-    g = f.get("generator")
-    if not g:
-        return ""
-    out = "<h3>The generator</h3>"
-    gen, rows = g.get("generator") or {}, []
-    if g.get("stand_in"):
-        out += ("<p class=warn>The language model here is a small GPT-2 initialised at random and trained only on "
-                "the target texts: a stand-in that exercises the stage, not a generator. Its samples are not "
-                "meant to read as text.</p>")
-    if gen:
-        rows.append(["model", esc(gen.get("name") or gen.get("model"))])
-        rows.append(["from", f"<code>{esc(gen.get('model'))}</code> ({esc(gen.get('source'))})"])
-        rows.append(["license", esc(gen.get("license") or "not stated")])
-        if gen.get("parameters"):
-            rows.append(["parameters", num(gen["parameters"])])
-    ad = g.get("adaptation")
-    if ad:
-        ppl = ad.get("heldout_perplexity") or {}
-        rows.append(["adapted to the target texts", f"{esc(ad.get('method'))} fine-tuning, {num(ad.get('global_step') or 0)} "
-                     f"steps, {num(ad.get('tokens_trained') or 0)} tokens, {secs(ad.get('wall_time_s') or 0)}"])
-        if ppl.get("before") is not None:
-            rows.append(["held-out target perplexity", f"{ppl['before']:.1f} before, {ppl['after']:.1f} after"])
-    gn = g.get("generation")
-    if gn and gn.get("samples_per_s"):
-        rows.append(["generation", f"{num(gn.get('samples_generated') or 0)} samples in {secs(gn.get('wall_s') or 0)} "
-                     f"({gn['samples_per_s']:.1f} samples/s)"])
-    if rows:
-        out += table(["", ""], rows)
-    q = g.get("quality") or {}
-    kinds = [k for k in ("synthetic", "extra") if q.get(k)]
-    if kinds:
-        names = {"synthetic": "generated here", "extra": "augment.extra files"}
-        body = [[esc(label)] + [fmt(q[k][key]) if q[k].get(key) is not None else "" for k in kinds]
-                for key, label, fmt in QUALITY_ROWS if any(q[k].get(key) is not None for k in kinds)]
-        body.append(["words per sample (mean / median)"] + [
-            f"{q[k]['words']['mean']:.1f} / {q[k]['words']['median']:g}" if q[k].get("words") else "" for k in kinds])
-        out += "<h3>Quality of the synthetic samples (before selection)</h3>"
-        out += table(["measure"] + [f"{names[k]} ({num(q[k]['samples'])})" for k in kinds], body)
-        out += ("<p>The judge is a bag-of-words naive Bayes trained on the labeled source rows only. Distinct-n "
-                "grows as a set shrinks: compare sets of similar size.</p>")
-    return out
-
-
 def _samples(f: dict) -> str:
-    out = _generator(f) + "<h3>Synthetic samples per class, with their prompt</h3>"
+    out = f.get("generator_html", "") + "<h3>Synthetic samples per class, with their prompt</h3>"
     if f["synthetic"]:
         rows = []
         for name, items in f["synthetic"].items():
@@ -463,17 +410,6 @@ SECTIONS = [
 ]
 
 
-def generator_line(g: Optional[dict]) -> str:
-    """`` (SmolLM2 ..., apache-2.0, 134,515,008 parameters; held-out target perplexity 213 -> 149)``"""
-    if not g:
-        return ""
-    parts = [g.get("name") or g.get("model"), g.get("license") or "license not stated",
-             f"{g['parameters']:,} parameters" if g.get("parameters") else None]
-    ppl = g.get("heldout_perplexity") or {}
-    tail = f"; held-out target perplexity {ppl['before']:.1f} -> {ppl['after']:.1f}" if ppl.get("before") else ""
-    return " (" + ", ".join(p for p in parts if p) + tail + ")"
-
-
 def render_report(facts: dict) -> str:
     """The whole ``report.html`` page from :func:`lorafit.report.report_facts`."""
     cfg = facts["config"]
@@ -486,7 +422,7 @@ def render_report(facts: dict) -> str:
 # ------------------------------------------------------------------ the model card
 
 
-def render_model_card(cfg, m: RunFacts) -> str:
+def render_model_card(cfg, m: RunFacts, generator: str = "") -> str:
     """A Hugging Face model card (README.md with YAML front matter) for a run's LoRA adapter: with
     the results when ``m`` is a finished run's :class:`RunMetrics`."""
     from lorafit.export import card_data
@@ -529,7 +465,7 @@ def render_model_card(cfg, m: RunFacts) -> str:
     out.append(f"- WordNet synonyms: {'on' if a.synonyms.enabled else 'off'}"
                + (f" ({ar['synonyms']:,} copies)" if "synonyms" in ar else ""))
     out.append(f"- language model adapted to the target texts: {'`' + a.lm.model + '`' if a.lm.enabled else 'off'}"
-               + generator_line(m.augment.get("generator")))
+               + generator)
     out.append(f"- generated samples: {'on' if a.generate.enabled else 'off'}"
                + (f" ({ar.get('synthetic_generated', 0):,} generated, {ar.get('synthetic', 0):,} kept by selection)"
                   if "synthetic_generated" in ar else ""))
