@@ -175,7 +175,7 @@ def train(s: dict, style: str) -> dict:
     cfg = _classifier_cfg(s, style)
     tokenizer = load_tokenizer(cfg)
     set_seed(s["seed"])
-    model = build_model(cfg)
+    model = build_model(cfg).model
     inst = _Instrument(s, lm=False)
     t_all = time.perf_counter()
     out_dir = Path(s["tmp"]) / f"{style}-classifier"
@@ -242,7 +242,7 @@ def predict(s: dict, style: str) -> dict:
     cfg = _classifier_cfg(s, style)
     tokenizer = load_tokenizer(cfg)
     set_seed(s["seed"])
-    model = build_model(cfg)
+    model = build_model(cfg).model
     # a trained-looking adapter (LoRA B is zero at init, which would make merging a no-op)
     g = torch.Generator().manual_seed(s["seed"])
     with torch.no_grad():
@@ -276,13 +276,14 @@ def predict(s: dict, style: str) -> dict:
         from lorafit.inference import padded_tokens, plan_prediction, predict_logits
 
         t_m = time.perf_counter()
-        model = for_inference(model.to(device), inference_precision(cfg), merge=cfg.predict.merge_lora)
+        model, merge_adapters = for_inference(model.to(device), inference_precision(cfg),
+                                              merge=cfg.predict.merge_lora)
         merge_s = round(time.perf_counter() - t_m, 3)
 
         def run(batch_texts):
             return predict_logits(model, tokenizer, batch_texts, batch_size=cfg.predict.batch_size,
                                   max_length=s["max_length"], precision=inference_precision(cfg),
-                                  workers=cfg.predict.workers)
+                                  workers=cfg.predict.workers, merge_adapters=merge_adapters)
 
         lens = [len(x) for x in tokenizer(texts, truncation=True, max_length=s["max_length"])["input_ids"]]
         batches, mult, workers = plan_prediction(lens, device, cfg.predict.batch_size, workers=cfg.predict.workers)

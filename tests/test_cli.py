@@ -253,7 +253,7 @@ def test_predict_with_uniform_prior(runner, trained):
     from lorafit.model import load_trained
     from lorafit.prior import adjust_predictions
 
-    model, tok, cfg = load_trained(trained["run_dir"], merge=False)
+    model, tok, cfg, _ = load_trained(trained["run_dir"], merge=False)
     cfg.predict.prior = "uniform"
     texts = [r["text"] for r in csv.DictReader(open(trained["csvs"]["target"], encoding="utf-8"))]
     labels = datasets.load_from_disk(str(trained["run_dir"] / "data" / "train"))["label"]

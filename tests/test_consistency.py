@@ -157,7 +157,7 @@ def test_same_seed_same_weights(tiny_roberta_dir, csvs, tmp_path):
     data = prepare_data(cfg)
     states, logs = [], []
     for i in range(2):
-        model = build_model(cfg, weights=True)
+        model = build_model(cfg, weights=True).model
         trainer = train_model(cfg, model, load_tokenizer(cfg), data.train, None, tmp_path / f"out-{i}",
                               unlabeled=data.target["text"][:])
         states.append({k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k})

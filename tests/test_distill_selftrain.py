@@ -224,7 +224,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     # fresh adapters: each round starts from a model built anew with seed + round, not from its teacher
     for r, info in ((1, r1), (2, r2)):
         assert info["cfg"].seed == cfg.seed + r
-        assert _same(info["start"], _lora_state(build_model(cfg.model_copy(update={"seed": cfg.seed + r}))))
+        assert _same(info["start"], _lora_state(build_model(cfg.model_copy(update={"seed": cfg.seed + r})).model))
     assert r1["model"] is not teacher and r2["model"] is not r1["model"]
     assert not _same(r1["start"], teacher_end) and not _same(r2["start"], r1["end"])
     rounds = m["selftrain"]
@@ -267,7 +267,7 @@ def test_student_rounds_chain_fresh_adapters(tiny_roberta_dir, tiny_csvs, tmp_pa
     saved = json.loads((cfg.run_dir / "metrics.json").read_text())
     assert saved["selftrain"] == rounds
     # the run's model is the last student: its saved adapter holds round 2's weights ...
-    loaded, tok, _ = load_trained(cfg.run_dir, merge=False)
+    loaded, tok, _, _ = load_trained(cfg.run_dir, merge=False)
     assert _same(_lora_state(loaded), r2["end"])
     # ... and `lorafit predict` with it writes the run's submission
     out = tmp_path / "again.csv"
@@ -326,7 +326,7 @@ def test_round_teacher_ensemble_labels_with_the_students_and_the_first_teacher(t
     data = prepare_data(cfg)
     target = data.target["text"][:]
     from lorafit.model import load_trained
-    _, tok, _ = load_trained(cfg.run_dir)
+    tok = load_trained(cfg.run_dir).tokenizer
     l0 = predict_with_config(first, tok, cfg, target)
     l1 = predict_with_config(student1, tok, cfg, target)
     both = ensemble_logits([l1, l0], weights=[1, 1])

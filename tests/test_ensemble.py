@@ -68,13 +68,13 @@ def _dev(ens) -> tuple[list[str], np.ndarray]:
 
 def test_ensemble_probabilities_are_the_mean_of_its_adapters(ens):
     run_dir = ens["run_dir"]
-    model, tok, cfg = load_trained(run_dir, merge=False)
+    model, tok, cfg, _ = load_trained(run_dir, merge=False)
     assert adapter_names(model) == ["default", "adapter-1"]
     texts, labels = _dev(ens)
     each: dict = {}
     logits = predict_with_config(model, tok, cfg, texts, each=each)
     # each adapter alone, in a model of its own (PEFT loads a sub-folder's adapter as its default)
-    alone = [softmax(predict_with_config(PeftModel.from_pretrained(load_base_model(cfg), str(run_dir / "model" / sub)),
+    alone = [softmax(predict_with_config(PeftModel.from_pretrained(load_base_model(cfg).model, str(run_dir / "model" / sub)),
                                          tok, cfg, texts), axis=-1) for sub in ("", "adapter-1")]
     np.testing.assert_allclose(softmax(logits, axis=-1), np.mean(alone, axis=0), atol=1e-5)
     for name, probs in zip(["default", "adapter-1"], alone):
@@ -108,12 +108,16 @@ def test_a_new_adapter_draws_its_own_head(tiny_roberta_dir, tmp_path):
     adapter's seed; the head weights the checkpoint holds (dense) are copied."""
     cfg = load_config(None, [*tiny_overrides(tiny_roberta_dir, _csvs(tmp_path), tmp_path / "runs"),
                              "data.labels=[a,b,c]"])
-    model = build_model(cfg)
-    add_adapter(cfg.model_copy(update={"seed": cfg.seed + 1000}), model, "adapter-1")
+    model, new_weights = build_model(cfg)
+    assert new_weights == {"classifier.out_proj.weight", "classifier.out_proj.bias"}
+    add_adapter(cfg.model_copy(update={"seed": cfg.seed + 1000}), model, "adapter-1", new_weights)
     heads = model.get_base_model().classifier.modules_to_save
     assert torch.equal(heads["default"].dense.weight, heads["adapter-1"].dense.weight)
     assert not torch.equal(heads["default"].out_proj.weight, heads["adapter-1"].out_proj.weight)
     assert heads["adapter-1"].out_proj.weight.std() > 0
+    # without the names of the new weights, every weight of the head copy is the checkpoint's (the first head's)
+    add_adapter(cfg.model_copy(update={"seed": cfg.seed + 2000}), model, "adapter-2")
+    assert torch.equal(heads["default"].out_proj.weight, heads["adapter-2"].out_proj.weight)
 
 
 def test_budget_counts_every_adapter(tiny_roberta_dir, tmp_path):
@@ -179,13 +183,14 @@ def test_saved_ensemble_predicts_the_same_through_the_cli(ens, tmp_path):
 
 
 def test_merged_and_unmerged_ensembles_agree(ens):
-    merged, tok, cfg = load_trained(ens["run_dir"], merge=True)
-    plain, _, _ = load_trained(ens["run_dir"], merge=False)
-    assert isinstance(merged, PeftModel) and merged.lorafit_merge and adapter_names(merged) == ["default", "adapter-1"]
+    merged, tok, cfg, merge_adapters = load_trained(ens["run_dir"], merge=True)
+    plain, _, _, plain_merges = load_trained(ens["run_dir"], merge=False)
+    assert isinstance(merged, PeftModel) and adapter_names(merged) == ["default", "adapter-1"]
+    assert merge_adapters is True and plain_merges is False  # each adapter merged for its own pass, or not
     texts, _ = _dev(ens)
     weight = merged.get_base_model().roberta.encoder.layer[0].attention.self.query.base_layer.weight
     before = weight.detach().clone()
-    a = predict_with_config(merged, tok, cfg, texts)
+    a = predict_with_config(merged, tok, cfg, texts, merge_adapters=merge_adapters)
     b = predict_with_config(plain, tok, cfg, texts)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert (a.argmax(1) == b.argmax(1)).all()
@@ -250,16 +255,17 @@ def test_students_and_the_first_teacher_in_one_ensemble(tiny_roberta_dir, tmp_pa
     teacher, original = (load_file(str(cfg.run_dir / "model" / "teacher" / WEIGHTS)),
                          load_file(str(Path(best["best_model_checkpoint"]) / WEIGHTS)))
     assert set(teacher) == set(original) and all(torch.equal(teacher[k], original[k]) for k in teacher)
-    model, tok, run_cfg = load_trained(cfg.run_dir)
+    model, tok, run_cfg, merge_adapters = load_trained(cfg.run_dir)
     assert adapter_names(model) == names
     texts, labels = _dev({"csvs": {"dev": Path(cfg.data.validation)}})
-    logits = predict_with_config(model, tok, run_cfg, texts)
+    logits = predict_with_config(model, tok, run_cfg, texts, merge_adapters=merge_adapters)
     assert metrics["val_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
     # the submission's probabilities come from the rounds' target predictions (no new pass): they
     # equal what the saved four-adapter model predicts, every adapter weighted the same
     target = [r["text"] for r in csv.DictReader(open(cfg.data.target))]
     saved = np.load(cfg.run_dir / "target_probs.npz")["probs"]
-    np.testing.assert_allclose(saved, softmax(predict_with_config(model, tok, run_cfg, target), axis=-1), atol=2e-3)
+    np.testing.assert_allclose(saved, softmax(predict_with_config(model, tok, run_cfg, target, merge_adapters=merge_adapters),
+                                              axis=-1), atol=2e-3)
 
 
 def test_loading_an_encoder_checkpoint_reports_the_new_head_and_any_missing_encoder_weight(
@@ -308,9 +314,10 @@ def test_evaluate_with_the_prior_fitted_on_the_target_set(ens, tmp_path):
     out = json.loads(m.read_text())
     weights = adjust_predictions(np.load(run_dir / "target_probs.npz")["probs"], "0.7,0.1,0.1,0.1")[1]["class_weights"]
     assert out["prior"] == {"mode": "custom", "fitted_on": "target", "class_weights": pytest.approx(weights)}
-    model, tok, cfg = load_trained(run_dir)
+    model, tok, cfg, merge_adapters = load_trained(run_dir)
     texts, labels = _dev(ens)
-    preds = reweight(softmax(predict_with_config(model, tok, cfg, texts), axis=-1), weights).argmax(1)
+    preds = reweight(softmax(predict_with_config(model, tok, cfg, texts, merge_adapters=merge_adapters), axis=-1),
+                     weights).argmax(1)
     assert out["accuracy"] == pytest.approx((preds == labels).mean())
 
     res = runner.invoke(app, ["evaluate", str(run_dir), str(ens["csvs"]["dev"]), "--prior-fit", "target"])

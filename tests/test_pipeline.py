@@ -160,7 +160,7 @@ def test_saved_adapter_predicts_like_the_run(tiny_run):
     target_texts = [r["text"] for r in csv.DictReader(open(tiny_run["csvs"]["target"], encoding="utf-8"))]
     in_run = [int(r[1]) for r in _read_submission(tiny_run["submission"])[1:]]
 
-    model, tok, loaded_cfg = load_trained(run_dir, merge=False)
+    model, tok, loaded_cfg, _ = load_trained(run_dir, merge=False)
     assert loaded_cfg == cfg
     probs = softmax(predict_with_config(model, tok, loaded_cfg, target_texts), axis=-1)
     adjusted, _ = adjust_predictions(probs, loaded_cfg.predict.prior)  # the run's prior, as predict applies it
@@ -174,7 +174,7 @@ def test_saved_adapter_predicts_like_the_run(tiny_run):
     assert again["accuracy"] == tiny_run["metrics_json"]["val_accuracy"]
 
     # merging LoRA into the base weights (the default, for speed) does not change predictions
-    merged, tok2, _ = load_trained(run_dir)
+    merged, tok2, _, _ = load_trained(run_dir)
     a = predict_logits(model, tok, target_texts, max_length=cfg.model.max_length, clean=cfg.clean, precision="fp32")
     b = predict_logits(merged, tok2, target_texts, max_length=cfg.model.max_length, clean=cfg.clean, precision="fp32")
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

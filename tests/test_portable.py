@@ -152,7 +152,7 @@ def test_minilm_adapter_names_the_hub_id_and_loads_offline_without_the_package(t
                              "lora.target_modules=[query,value]", "lora.modules_to_save=[classifier]",
                              f"output_dir={tmp_path}", "name=m"])
     torch.manual_seed(0)
-    model, tok = build_model(cfg), load_tokenizer(cfg)
+    model, tok = build_model(cfg).model, load_tokenizer(cfg)
     with torch.no_grad():  # a non-zero LoRA update, so that the adapter's weights matter
         for n, p in model.named_parameters():
             if "lora_B" in n:

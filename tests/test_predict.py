@@ -23,7 +23,7 @@ def tiny_model(tiny_roberta_dir, tmp_path):
     cfg = load_config(None, [f"model.name={tiny_roberta_dir}", "model.max_length=64", "lora.r=4",
                              "lora.target_modules=[query,value]", "lora.modules_to_save=null",
                              "model.attn_implementation=eager", f"output_dir={tmp_path}"])
-    model = build_model(cfg)
+    model = build_model(cfg).model
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a non-zero adapter, so that merging it changes the base weights
         for name, p in model.named_parameters():
@@ -81,7 +81,8 @@ def test_token_budget_per_batch_depends_on_the_workers(two_threads):
 
 def test_workers_give_the_same_logits_in_input_order(tiny_model, two_threads):
     model, tok = tiny_model
-    model = for_inference(model, "fp32")
+    model, merge_adapters = for_inference(model, "fp32")
+    assert not merge_adapters  # one adapter: merged into the base, nothing left to merge per pass
     one = predict_logits(model, tok, TEXTS, max_length=64, precision="fp32", workers=1, max_tokens=128)
     two = predict_logits(model, tok, TEXTS, max_length=64, precision="fp32", workers=2, max_tokens=128)
     assert torch.get_num_threads() == 2  # restored after the workers ran
@@ -104,7 +105,7 @@ def test_for_inference_merges_and_stores_linear_weights_in_bf16(tiny_model):
     unmerged_fp32 = predict_logits(model, tok, TEXTS, max_length=64, precision="fp32", workers=1)
     merged_fp32 = copy.deepcopy(model).merge_and_unload()
     autocast = predict_logits(merged_fp32, tok, TEXTS, max_length=64, precision="bf16", workers=1)
-    ready = for_inference(model, "bf16")
+    ready, _ = for_inference(model, "bf16")
     assert not isinstance(ready, PeftModel)
     assert not any("lora_" in n for n, _ in ready.named_parameters())
     dtypes = {type(m).__name__: m.weight.dtype for m in ready.modules() if hasattr(m, "weight")}
@@ -126,10 +127,10 @@ def test_for_inference_fp32_keeps_weights_and_can_keep_the_adapter(tiny_model):
 
     model, tok = tiny_model
     before = predict_logits(model, tok, TEXTS, max_length=64, precision="fp32", workers=1)
-    kept = for_inference(model, "fp32", merge=False)
-    assert isinstance(kept, PeftModel)
+    kept, merge_adapters = for_inference(model, "fp32", merge=False)
+    assert isinstance(kept, PeftModel) and not merge_adapters
     assert all(p.dtype == torch.float32 for p in kept.parameters())
-    merged = for_inference(kept, "fp32")
+    merged, _ = for_inference(kept, "fp32")
     after = predict_logits(merged, tok, TEXTS, max_length=64, precision="fp32", workers=1)
     np.testing.assert_allclose(before, after, rtol=1e-4, atol=1e-4)
 

@@ -256,7 +256,7 @@ def test_peft_loads_the_adapter_like_lorafit(full_run):
 
     adapter = full_run["run_dir"] / "model"
     texts = [r["text"] for r in tiny_labeled_rows(1)]
-    model, tok, cfg = load_trained(full_run["run_dir"], merge=False)
+    model, tok, cfg, _ = load_trained(full_run["run_dir"], merge=False)
     ours = predict_logits(model, tok, texts, max_length=cfg.model.max_length, precision="fp32")
 
     peft_model = AutoPeftModelForSequenceClassification.from_pretrained(str(adapter), num_labels=4).eval()

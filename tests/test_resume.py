@@ -137,7 +137,7 @@ def test_model_initialisation_is_seeded(resume_setup):
     weights = []
     for state in (1, 2):
         torch.manual_seed(1000 + state)  # whatever ran before in the process
-        model = build_model(cfg)
+        model = build_model(cfg).model
         weights.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
     assert weights[0].keys() == weights[1].keys()
     differ = [n for n in weights[0] if not torch.equal(weights[0][n], weights[1][n])]

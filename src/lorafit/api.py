@@ -148,7 +148,7 @@ class Classifier:
         from lorafit.model import load_trained
 
         self.run_dir = Path(run_dir)
-        self.model, self.tokenizer, self.config = load_trained(self.run_dir)
+        self.model, self.tokenizer, self.config, self.merge_adapters = load_trained(self.run_dir)
         self.labels: list[str] = list(map(str, self.config.data.labels))
 
     def __repr__(self) -> str:
@@ -158,7 +158,7 @@ class Classifier:
         from lorafit.inference import predict_with_config
 
         return predict_with_config(self.model, self.tokenizer, self.config, [texts] if isinstance(texts, str)
-                                   else list(texts))
+                                   else list(texts), merge_adapters=self.merge_adapters)
 
     def predict_proba(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         from scipy.special import softmax

@@ -97,7 +97,7 @@ def count_parameters(model, max_trainable: int) -> BudgetReport:
 def count_budget(cfg: Config) -> BudgetReport:
     """Build the LoRA model on the meta device from its config and count parameters: one adapter's,
     times the adapters the run's model averages (:attr:`lorafit.config.Config.predictor_adapters`)."""
-    report = count_parameters(build_model(cfg, weights=False), cfg.budget.max_trainable)
+    report = count_parameters(build_model(cfg, weights=False).model, cfg.budget.max_trainable)
     return report.times(cfg.predictor_adapters) if cfg.predictor_adapters > 1 else report
 
 
@@ -153,7 +153,7 @@ _HEAD_NAMES = ("classifier", "score", "pooler", "lm_head")
 def linear_layer_names(cfg: Config) -> tuple[set[str], int]:
     """Leaf names of the encoder's linear layers (not the head's), and the model's width, from the
     model config alone (meta device)."""
-    base = load_base_model(cfg, weights=False)
+    base = load_base_model(cfg, weights=False).model
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules()
              if isinstance(m, (torch.nn.Linear, Conv1D)) and not any(h in n.split(".") for h in _HEAD_NAMES)}
     c = base.config

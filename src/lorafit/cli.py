@@ -360,8 +360,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
         from lorafit.metrics import classification_metrics
         from lorafit.model import load_trained
 
-        model, tok, cfg = load_trained(run_dir)
-        logits = predict_with_config(model, tok, cfg, ds["text"], progress=True)
+        model, tok, cfg, merge_adapters = load_trained(run_dir)
+        logits = predict_with_config(model, tok, cfg, ds["text"], progress=True, merge_adapters=merge_adapters)
         preds = logits.argmax(1)
         fitted = None
         if prior not in (None, "none"):  # check a prior adjustment on a labeled set
@@ -435,11 +435,12 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
 
             preds, ds = [], None
             for run in run_dirs:
-                model, tok, cfg = load_trained(run)
+                model, tok, cfg, merge_adapters = load_trained(run)
                 if ds is None:  # read once: the runs are one recipe (same columns and labels)
                     ds = load_labeled(data, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
                                       allow_pickle=allow_pickle)
-                logits = predict_with_config(model, tok, cfg, ds["text"], progress=verbose)
+                logits = predict_with_config(model, tok, cfg, ds["text"], progress=verbose,
+                                             merge_adapters=merge_adapters)
                 preds.append(adjusted(softmax(logits, axis=-1)).argmax(1))
                 del model
             d = result["data"] = agreement_estimate(preds, ds["label"])

@@ -98,23 +98,27 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray], multipl
 
 
 def predict_with_config(model, tokenizer, cfg, texts: Sequence[str], clean: bool = True,
-                        progress: bool = False, each: Optional[dict] = None) -> np.ndarray:
+                        progress: bool = False, each: Optional[dict] = None,
+                        merge_adapters: bool = False) -> np.ndarray:
     """:func:`predict_logits` with a run config's settings (``predict.batch_size``/``workers``,
-    ``model.max_length``, ``predict.precision``; ``clean``: apply ``cfg.clean`` first)."""
+    ``model.max_length``, ``predict.precision``; ``clean``: apply ``cfg.clean`` first).
+    ``merge_adapters`` is the caller's, not ``cfg.predict.merge_lora``: a model still training (self-training's
+    students) is never merged; a prepared one says so (:func:`lorafit.precision.for_inference`)."""
     return predict_logits(model, tokenizer, texts, cfg.predict.batch_size, cfg.model.max_length,
                           clean=cfg.clean if clean else None, precision=inference_precision(cfg), progress=progress,
-                          workers=cfg.predict.workers, each=each)
+                          workers=cfg.predict.workers, each=each, merge_adapters=merge_adapters)
 
 
 @torch.inference_mode()
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128, max_length: int = 512,
                    clean: Optional[CleanConfig] = None, precision: str = "auto", progress: bool = False,
-                   max_tokens: Optional[int] = -1, workers="auto", each: Optional[dict] = None) -> np.ndarray:
+                   max_tokens: Optional[int] = -1, workers="auto", each: Optional[dict] = None,
+                   merge_adapters: bool = False) -> np.ndarray:
     """Logits (N x K, float32, in input order) for ``texts``, cleaned as at training time.
 
     A PEFT model holding several adapters (``train.adapters``, ``selftrain.students``) is an
     ensemble: the texts are tokenized and batched once, each adapter predicts them in a pass of its
-    own (merged into the base weights for it when :func:`for_inference` was asked to merge), and the
+    own (merged into the base weights for it with ``merge_adapters``, what :func:`for_inference` returns), and the
     result is :func:`ensemble_logits` of theirs (the log of the mean probability). ``each``: a dict
     that receives each adapter's logits by name.
 
@@ -183,7 +187,7 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
             return run_all()
         per_adapter = {}
         for name in names:  # merged for its own pass when for_inference asked for merged prediction
-            with adapter_pass(model, name, merge=getattr(model, "lorafit_merge", False)):
+            with adapter_pass(model, name, merge=merge_adapters):
                 per_adapter[name] = run_all()
     finally:
         if bar is not None:
@@ -205,8 +209,9 @@ def predict_teacher(teacher_dir: str | Path, texts: Sequence[str], batch_size: i
                     clean: Optional[CleanConfig] = None) -> np.ndarray:
     """Logits of a teacher (a trained run or any classifier folder, see
     :func:`lorafit.model.load_teacher`) on ``texts`` (cleaned first with ``clean``)."""
-    model, tok, max_length = load_teacher(teacher_dir)
-    return predict_logits(model, tok, texts, batch_size=batch_size, max_length=max_length, clean=clean)
+    model, tok, max_length, merge_adapters = load_teacher(teacher_dir)
+    return predict_logits(model, tok, texts, batch_size=batch_size, max_length=max_length, clean=clean,
+                          merge_adapters=merge_adapters)
 
 
 def _text_key(text: str) -> str:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -30,6 +30,24 @@ log = logging.getLogger(__name__)
 # Model configs (not weights) of Hub ids the budget check knows offline.
 _KNOWN_CONFIGS = Path(__file__).parent / "model_configs"
 
+
+
+class LoadedModel(NamedTuple):
+    """A model as :func:`load_base_model` / :func:`build_model` made it, with the names of the weights
+    its checkpoint did not hold (a new head): drawn at random, and drawn again from its own seed in
+    each further adapter's head copy (:func:`add_adapter`). Empty on the meta device."""
+    model: Any
+    new_weights: frozenset = frozenset()
+
+
+class TrainedModel(NamedTuple):
+    """A trained run loaded for prediction (:func:`load_trained`): the model, its tokenizer, the run's
+    config, and whether prediction merges each adapter of an ensemble for its own pass
+    (``merge_adapters`` of :func:`lorafit.inference.predict_logits`)."""
+    model: Any
+    tokenizer: Any
+    config: Config
+    merge_adapters: bool
 
 
 def minilm_path() -> Path:
@@ -171,8 +189,9 @@ def load_tokenizer(cfg: Config):
     return tok
 
 
-def load_base_model(cfg: Config, weights: bool = True):
-    """The encoder with a classification head for ``cfg.data.labels``, before LoRA.
+def load_base_model(cfg: Config, weights: bool = True) -> LoadedModel:
+    """The encoder with a classification head for ``cfg.data.labels``, before LoRA, and the names of
+    the weights its checkpoint did not hold (see :class:`LoadedModel`).
 
     With ``weights=False`` it is built on the meta device from its config alone (no download, no
     memory), which is what the budget check uses. A checkpoint with another head size gets a
@@ -187,6 +206,7 @@ def load_base_model(cfg: Config, weights: bool = True):
     check_lora_layers(cfg, mcfg)
     if cfg.model.attn_implementation:
         mcfg._attn_implementation = cfg.model.attn_implementation
+    new_weights: frozenset = frozenset()
     if not weights:
         with torch.device("meta"):
             base = AutoModelForSequenceClassification.from_config(mcfg)
@@ -204,15 +224,14 @@ def load_base_model(cfg: Config, weights: bool = True):
             ) from None
         report_loading(cfg.model.name, base, info)
         # weights the checkpoint does not hold (a new head): another adapter's head copy re-initialises them
-        base.lorafit_new_weights = frozenset([*info.get("missing_keys", ()),
-                                              *(k[0] for k in info.get("mismatched_keys", ()))])
+        new_weights = frozenset([*info.get("missing_keys", ()), *(k[0] for k in info.get("mismatched_keys", ()))])
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id or 0
     # the name PEFT records as the adapter's base_model_name_or_path: never a path inside this venv
     base.name_or_path = base.config._name_or_path = portable_name(cfg.model.name)
     if weights and cfg.model.name in MINILM_ALIASES:
         cache_bundled_minilm()  # so that the Hub id loads offline with stock transformers/PEFT
-    return base
+    return LoadedModel(base, new_weights)
 
 
 class _DropLoadReport(logging.Filter):
@@ -270,12 +289,13 @@ def position_limit(mcfg: PretrainedConfig) -> Optional[int]:
     return n
 
 
-def build_model(cfg: Config, weights: bool = True):
-    """Encoder with a fresh classification head, wrapped by PEFT LoRA (see :func:`load_base_model`)."""
+def build_model(cfg: Config, weights: bool = True) -> LoadedModel:
+    """Encoder with a fresh classification head, wrapped by PEFT LoRA, and the names of the weights
+    its checkpoint did not hold (see :func:`load_base_model`)."""
     set_seed(cfg.seed)  # the new head and the LoRA matrices are initialised from the run's seed
-    base = load_base_model(cfg, weights)
+    base, new_weights = load_base_model(cfg, weights)
     try:
-        return get_peft_model(base, lora_config(cfg))
+        return LoadedModel(get_peft_model(base, lora_config(cfg)), new_weights)
     except ValueError as e:
         raise ModelError(f"config keys 'lora.*' do not fit model '{cfg.model.name}': {e}") from None
 
@@ -302,19 +322,19 @@ def adapter_names(model) -> list[str]:
     return sorted(model.peft_config, key=key)
 
 
-def add_adapter(cfg: Config, model, name: str) -> None:
+def add_adapter(cfg: Config, model, name: str, new_weights: frozenset = frozenset()) -> None:
     """Add a LoRA adapter ``name`` (the ``lora`` section) to ``model`` with a head of its own,
     initialised from ``cfg.seed``: its LoRA matrices, and those weights of its head copy that the
-    base checkpoint lacked (a new head), drawn as :func:`build_model` draws them. Not made active."""
+    base checkpoint lacked (``new_weights``, from :func:`build_model`: a new head), drawn as
+    :func:`build_model` draws them. Not made active."""
     set_seed(cfg.seed)
     model.add_adapter(name, lora_config(cfg))
     base = model.get_base_model()
-    new = getattr(base, "lorafit_new_weights", frozenset())
     for path, wrapper in base.named_modules():
         if isinstance(wrapper, ModulesToSaveWrapper) and name in wrapper.modules_to_save:
             for sub_path, sub in wrapper.modules_to_save[name].named_modules():
                 prefix = ".".join(p for p in (path, sub_path) if p)
-                if any(f"{prefix}.{p}" in new for p, _ in sub.named_parameters(recurse=False)):
+                if any(f"{prefix}.{p}" in new_weights for p, _ in sub.named_parameters(recurse=False)):
                     base._init_weights(sub)
 
 
@@ -365,7 +385,7 @@ def base_differences(a, b) -> list[str]:
 def _load_adapters(cfg: Config, run_dir: Path, adapter: Path):
     """The base model with the run's adapters, or a :class:`RunStateError` naming the run file at
     fault: a damaged adapter file, or a config.yaml whose labels no longer match the trained head."""
-    model = base = load_base_model(cfg)
+    model = base = load_base_model(cfg).model
     for sub in [adapter, *sorted(p for p in adapter.iterdir() if (p / "adapter_config.json").is_file())]:
         try:
             if model is base:
@@ -397,27 +417,29 @@ def load_peft(run_dir: Path | str):
     return model, tok, cfg
 
 
-def load_trained(run_dir: Path | str, merge: Optional[bool] = None):
+def load_trained(run_dir: Path | str, merge: Optional[bool] = None) -> TrainedModel:
     """Load a trained run (``runs/<name>/model``) for prediction: base weights + LoRA adapter (all
     of them when the run saved several: an ensemble, see :func:`adapter_names`),
     merged (``merge``, default the run's ``predict.merge_lora``) and prepared by
-    :func:`lorafit.precision.for_inference` for the run's prediction precision. Returns
-    (model, tokenizer, the run's config)."""
+    :func:`lorafit.precision.for_inference` for the run's prediction precision. Returns a
+    :class:`TrainedModel` (model, tokenizer, the run's config, whether prediction merges each adapter)."""
     adapter = require_trained_run(run_dir)
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = _load_adapters(cfg, run_dir, adapter)
-    model = for_inference(model, inference_precision(cfg), merge=cfg.predict.merge_lora if merge is None else merge)
+    model, merge_adapters = for_inference(model, inference_precision(cfg),
+                                          merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
-    return model, tok, cfg
+    return TrainedModel(model, tok, cfg, merge_adapters)
 
 
 def load_teacher(teacher_dir: str | Path):
-    """(model, tokenizer, max_length) of a teacher, ready for inference: a trained lorafit run
-    (``runs/<name>``), or any sequence-classification model folder or Hub id (e.g. a full fine-tune)."""
+    """(model, tokenizer, max_length, merge_adapters) of a teacher, ready for inference: a trained
+    lorafit run (``runs/<name>``, see :func:`load_trained`), or any sequence-classification model
+    folder or Hub id (e.g. a full fine-tune)."""
     if (Path(teacher_dir) / "model" / "adapter_config.json").is_file():
-        model, tok, tcfg = load_trained(teacher_dir)
-        return model, tok, tcfg.model.max_length
+        model, tok, tcfg, merge_adapters = load_trained(teacher_dir)
+        return model, tok, tcfg.model.max_length, merge_adapters
     path = resolve_model(str(teacher_dir))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).eval()
@@ -426,4 +448,4 @@ def load_teacher(teacher_dir: str | Path):
         refuse_remote_code(str(teacher_dir), e)
         raise ModelError(f"teacher '{teacher_dir}': neither a lorafit run folder nor a loadable "
                          f"sequence-classification model ({str(e)[:200]}).") from None
-    return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512)
+    return model, tok, min(512, getattr(tok, "model_max_length", 512) or 512), False

@@ -68,13 +68,13 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
     proxy = load_proxy(cfg)  # a bad selftrain.proxy file fails here, before training
     budget = check_budget(cfg)  # before any weight is loaded
-    tokenizer, model = load_model(cfg, budget)
+    tokenizer, (model, new_weights) = load_model(cfg, budget)
     timer.lap("model")
     is_main = start_run_folder(cfg, run_dir, fresh)
 
     train, facts = augmented_training_set(cfg, data, run_dir, budget, save=is_main)
     timer.lap("augment" if facts.augment else "data")
-    trained, train_seconds = train_main(cfg, model, tokenizer, train, data, run_dir, callbacks)
+    trained, train_seconds = train_main(cfg, model, tokenizer, train, data, run_dir, callbacks, new_weights)
     timer.lap("train")
     selftrain = SelfTrainResult()
     if cfg.selftrain.enabled and data.target is not None:
@@ -84,13 +84,13 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
         timer.lap("selftrain")
     if not is_main:  # the other processes took part in training; evaluation and files are rank 0's
         return None
-    model = save_model(cfg, model, tokenizer, trained.history + selftrain.history, run_dir, facts)
+    model, merge = save_model(cfg, model, tokenizer, trained.history + selftrain.history, run_dir, facts)
     timer.lap("save")
 
-    metrics = evaluate_run(cfg, model, tokenizer, data.val, facts, trained, selftrain, train_seconds, run_dir)
+    metrics = evaluate_run(cfg, model, tokenizer, data.val, facts, trained, selftrain, train_seconds, run_dir, merge)
     timer.lap("evaluate")
     if data.target is not None:
-        metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir)
+        metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir, merge)
         timer.lap("predict")
     metrics.provenance = provenance or runs.provenance()
     finish_run(cfg, run_dir, metrics, timer, data.target)
@@ -103,12 +103,13 @@ def is_first_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_model(cfg: Config, budget: BudgetReport):
-    """The tokenizer and the model with its first adapter, checked against the budget's count."""
-    tokenizer, model = load_tokenizer(cfg), build_model(cfg, weights=True)
+def load_model(cfg: Config, budget: BudgetReport) -> tuple:
+    """The tokenizer and the model with its first adapter (a :class:`lorafit.model.LoadedModel`, with the
+    weights its checkpoint lacked), checked against the budget's count."""
+    tokenizer, built = load_tokenizer(cfg), build_model(cfg, weights=True)
     # one adapter so far: the budget counts it times the adapters the run's model will average
-    assert model.get_nb_trainable_parameters()[0] == budget.per_adapter, "budget count and loaded model disagree"
-    return tokenizer, model
+    assert built.model.get_nb_trainable_parameters()[0] == budget.per_adapter, "budget count and loaded model disagree"
+    return tokenizer, built
 
 
 def augmented_training_set(cfg: Config, data: PreparedData, run_dir: Path, budget: BudgetReport,
@@ -124,19 +125,21 @@ def augmented_training_set(cfg: Config, data: PreparedData, run_dir: Path, budge
 
 
 def train_main(cfg: Config, model, tokenizer, train: datasets.Dataset, data: PreparedData, run_dir: Path,
-               callbacks: Optional[list]) -> tuple[TrainedAdapters, float]:
+               callbacks: Optional[list], new_weights: frozenset = frozenset()) -> tuple[TrainedAdapters, float]:
     """The main training (``train.adapters`` adapters, with distillation's teacher logits and the
-    consistency loss on the target texts when enabled); returns them and the seconds training took."""
+    consistency loss on the target texts when enabled); returns them and the seconds training took.
+    ``new_weights``: those the base checkpoint lacked (:func:`lorafit.model.build_model`)."""
     train_in, start = with_teacher_logits(cfg, train, run_dir), time.time()
     unlabeled = data.target["text"][:] if cfg.train.consistency.enabled else None  # checked: there is a target
     trained = train_adapters(cfg, model, tokenizer, train_in, data.val, run_dir / runs.CHECKPOINTS,
-                             cfg.train.adapters, callbacks=callbacks, unlabeled=unlabeled)
+                             cfg.train.adapters, callbacks=callbacks, unlabeled=unlabeled, new_weights=new_weights)
     return trained, time.time() - start
 
 
 def save_model(cfg: Config, model, tokenizer, history: list, run_dir: Path, facts: RunFacts):
     """Save the run's model, its training log and its model card (results are added at the end);
-    returns the model prepared for prediction (training is over)."""
+    returns the model prepared for prediction (training is over) and whether prediction merges each
+    adapter of an ensemble (:func:`lorafit.precision.for_inference`)."""
     n, counted = len(adapter_names(model)), facts.budget.get("adapters", 1)
     if n > 1 and n != counted:
         log.warning("the run's model averages %d adapters but the budget counted %d", n, counted)
@@ -146,10 +149,11 @@ def save_model(cfg: Config, model, tokenizer, history: list, run_dir: Path, fact
 
 
 def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: RunFacts, trained: TrainedAdapters,
-                 selftrain: SelfTrainResult, train_seconds: float, run_dir: Path) -> RunMetrics:
+                 selftrain: SelfTrainResult, train_seconds: float, run_dir: Path,
+                 merge_adapters: bool = False) -> RunMetrics:
     """The run's results on the validation set (with the confusion and curves plots)."""
     each: dict = {}  # an ensemble's adapters' validation logits
-    val_metrics = evaluate(model, tokenizer, cfg, val, each=each)
+    val_metrics = evaluate(model, tokenizer, cfg, val, each=each, merge_adapters=merge_adapters)
     plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / runs.CONFUSION_PLOT)
     plot_curves(trained.history + selftrain.history, run_dir / runs.CURVES_PLOT)
     # the main training's model is its best evaluation, not its last (one adapter; averaging keeps the last)
@@ -162,11 +166,12 @@ def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: Ru
 
 
 def predict_target_set(cfg: Config, model, tokenizer, target: datasets.Dataset, train: datasets.Dataset,
-                       selftrain: SelfTrainResult, run_dir: Path) -> dict:
+                       selftrain: SelfTrainResult, run_dir: Path, merge_adapters: bool = False) -> dict:
     """Predict the target set with the label prior (reusing self-training's last predictions) and
     write submission.csv; returns metrics.json's ``target``."""
     return predict_and_submit(
         cfg, target["text"], run_dir / runs.SUBMISSION, run_dir=run_dir, model=model, tokenizer=tokenizer,
+        merge_adapters=merge_adapters,
         logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)),
         ids=target["id"] if "id" in target.column_names else None)
 
@@ -198,10 +203,12 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
     return is_main
 
 
-def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional[dict] = None) -> dict:
+def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional[dict] = None,
+             merge_adapters: bool = False) -> dict:
     """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set.
     ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.inference.predict_logits`)."""
-    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False, each=each)  # prepared sets are clean
+    logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False, each=each,  # prepared: clean
+                                 merge_adapters=merge_adapters)
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
 

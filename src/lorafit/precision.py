@@ -63,27 +63,28 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def for_inference(model, precision: str = "auto", merge: bool = True):
-    """The model as prediction wants it: LoRA merged into the base weights (``merge``; one matrix
-    product per layer instead of three) and, when ``precision`` resolves to bf16, every
-    ``nn.Linear`` weight stored in bf16.
+def for_inference(model, precision: str = "auto", merge: bool = True) -> tuple:
+    """The model as prediction wants it, and whether prediction merges each of its adapters for its
+    own pass (``merge_adapters`` of :func:`lorafit.inference.predict_logits`): ``(model, merge_adapters)``.
+
+    LoRA is merged into the base weights (``merge``; one matrix product per layer instead of three)
+    and, when ``precision`` resolves to bf16, every ``nn.Linear`` weight stored in bf16.
 
     Under bf16 autocast each linear layer casts its fp32 weight to bf16 on every call; storing it
     so once gives the same numbers (the same rounding) without the copies (~1.2x faster on a
     2-core CPU, see ``bench/``). Do not train the returned model further: it is changed in place.
 
     A PEFT model holding several adapters (an ensemble, see :mod:`lorafit.predict`) keeps them:
-    ``merge`` then makes prediction merge each adapter for its own pass (``lorafit_merge``), and its
-    weights stay fp32 (autocast computes in bf16), as merging into bf16 weights and back would
-    round them.
+    ``merge`` then makes prediction merge each adapter for its own pass (the returned
+    ``merge_adapters`` is ``merge``), and its weights stay fp32 (autocast computes in bf16), as
+    merging into bf16 weights and back would round them. Otherwise ``merge_adapters`` is False.
     """
     if isinstance(model, PeftModel) and len(model.peft_config) > 1:
-        model.lorafit_merge = merge
-        return model.eval()
+        return model.eval(), merge
     if merge and isinstance(model, PeftModel):
         model = model.merge_and_unload()
     if pick_precision(precision) == "bf16":
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.to(torch.bfloat16)
-    return model.eval()
+    return model.eval(), False

@@ -62,7 +62,7 @@ def label_prior(labels: Sequence[int], k: int) -> np.ndarray:
 
 
 def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, run_dir: Path,
-                       model=None, tokenizer=None, logits: Optional[np.ndarray] = None,
+                       model=None, tokenizer=None, merge_adapters: bool = False, logits: Optional[np.ndarray] = None,
                        train_prior: Optional[Sequence[float]] = None, reuse_probs: bool = False,
                        save_probs: bool = True, ids: Optional[Sequence[str]] = None) -> dict:
     """Predict the target ``texts``, apply ``cfg.predict.prior`` and write ``submission`` (ID,Label;
@@ -70,7 +70,8 @@ def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, r
 
     The probabilities come from ``logits`` when given, else from the run's saved
     ``target_probs.npz`` when ``reuse_probs`` and it was computed for these texts (a prior is then
-    re-applied without the model), else from ``model`` (loaded from ``run_dir`` when None).
+    re-applied without the model), else from ``model`` (loaded from ``run_dir`` when None;
+    ``merge_adapters``: what :func:`lorafit.precision.for_inference` returned with it).
     Freshly computed ones are saved to ``run_dir/target_probs.npz`` when ``save_probs``. Returns
     the target-set facts of metrics.json: rows, predicted and raw class counts, mean confidence and
     the prior applied.
@@ -81,8 +82,8 @@ def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, r
     if probs is None:
         if logits is None:
             if model is None:
-                model, tokenizer, _ = load_trained(run_dir)
-            logits = predict_with_config(model, tokenizer, cfg, texts, progress=True)
+                model, tokenizer, _, merge_adapters = load_trained(run_dir)
+            logits = predict_with_config(model, tokenizer, cfg, texts, progress=True, merge_adapters=merge_adapters)
         probs = softmax(logits, axis=-1)
         if save_probs:
             save_target_probs(probs_file, probs, texts)

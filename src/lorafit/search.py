@@ -288,8 +288,8 @@ class Searcher:
             self._files[path] = load_labeled(path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
                                              allow_pickle=cfg.data.allow_pickle)
         ds = self._files[path]
-        model, tok, run_cfg = load_trained(cfg.run_dir)
-        logits = predict_with_config(model, tok, run_cfg, ds["text"])
+        model, tok, run_cfg, merge_adapters = load_trained(cfg.run_dir)
+        logits = predict_with_config(model, tok, run_cfg, ds["text"], merge_adapters=merge_adapters)
         return float((logits.argmax(1) == np.asarray(ds["label"])).mean())
 
     def work(self) -> int:

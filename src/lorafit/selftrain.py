@@ -94,15 +94,15 @@ def self_train(cfg: Config, model, tokenizer, train: datasets.Dataset, val: Opti
                                                ).shuffle(seed=cfg.seed + r)
         if st.mode == "student":  # a fresh adapter and head, initialised from this round's seed
             round_cfg = cfg.model_copy(update={"seed": cfg.seed + r})
-            student = build_model(round_cfg, weights=True)  # students i >= 1: added to it by train_adapters
+            student, new_weights = build_model(round_cfg, weights=True)  # students i >= 1: added by train_adapters
         else:
-            round_cfg, student = cfg, teacher
+            round_cfg, student, new_weights = cfg, teacher, frozenset()  # its adapters exist: none is added
         log.info("self-training round %d (%s): %d gold + %d pseudo-labeled rows %s", r, st.mode, len(round_gold),
                  info["kept"], info["kept_per_class"])
         trained = train_adapters(round_cfg, student, tokenizer, with_teacher_logits(cfg, merged, run_dir), val,
                                  Path(run_dir) / SELFTRAIN / f"round-{r}",
                                  st.students if st.mode == "student" else cfg.train.adapters, epochs=st.epochs,
-                                 unlabeled=target_texts if st.consistency else None)
+                                 unlabeled=target_texts if st.consistency else None, new_weights=new_weights)
         result.history += [{**h, "selftrain_round": r} for h in trained.history]
         logits = last_logits = predict_with_config(student, tokenizer, cfg, target_texts, progress=True)
         after = logits.argmax(1)

@@ -470,13 +470,15 @@ def adapter_seed(cfg: Config, i: int) -> int:
 
 def train_adapters(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, val_ds: Optional[datasets.Dataset],
                    out_dir: Path, count: int = 1, epochs: Optional[float] = None, callbacks: Optional[list] = None,
-                   **kwargs) -> TrainedAdapters:
+                   new_weights: frozenset = frozenset(), **kwargs) -> TrainedAdapters:
     """Train ``count`` adapters of PEFT ``model`` one after another on its frozen base (see
     :func:`train_model`; ``kwargs`` go to it): ``default`` (with ``cfg.seed``, checkpoints in
     ``out_dir``), then ``adapter-i`` with :func:`adapter_seed` (added by
     :func:`lorafit.model.add_adapter` unless the model has it: its own LoRA, head and data order;
-    checkpoints in ``out_dir/adapter-i``; each resumes). With ``train.average_checkpoints`` each is
-    then replaced by the mean of its last checkpoints (:func:`average_checkpoints`).
+    checkpoints in ``out_dir/adapter-i``; each resumes; ``new_weights``: the weights the base
+    checkpoint lacked, from :func:`lorafit.model.build_model`, drawn afresh in each added head). With
+    ``train.average_checkpoints`` each is then replaced by the mean of its last checkpoints
+    (:func:`average_checkpoints`).
     ``callbacks`` apply to the first adapter's training only. With ``count=1`` this is one
     :func:`train_model` call."""
     history, records, first = [], [], None
@@ -484,7 +486,7 @@ def train_adapters(cfg: Config, model, tokenizer, train_ds: datasets.Dataset, va
         name = adapter_name(i)
         cfg_i = cfg if i == 0 else cfg.model_copy(update={"seed": adapter_seed(cfg, i)})
         if name not in model.peft_config:
-            add_adapter(cfg_i, model, name)
+            add_adapter(cfg_i, model, name, new_weights)
         if len(model.peft_config) > 1:
             model.set_adapter(name)  # the others are frozen; each checkpoint holds them all
             log.info("training adapter %s (%d of %d, seed %d)", name, i + 1, count, cfg_i.seed)
