@@ -342,6 +342,9 @@ def test_saved_config_round_trips(tmp_path, path):
     ("predict.prior=unifrom", "predict.prior", "got 'unifrom'"),
     ("predict.prior=[0.5,0.5]", "predict.prior", "data.labels has 4 classes"),
     ("predict.prior=[1,-1,1,1]", "predict.prior", ">= 0"),
+    # the values are checked by lorafit.prior.parse_prior, the one prior parser (its words, for any prior)
+    ("predict.prior=[1,-1,1,1]", "predict.prior", "prior entries must be non-negative (>= 0); got [1.0, -1.0, 1.0, 1.0]"),
+    ("predict.prior=0,0,0,0", "predict.prior", "prior must not be all zeros"),
     ("predict.precision=fp8", "predict.precision", "auto|bf16|fp16|fp32"),
     ("predict.workers=0", "predict.workers", "'auto' or an integer >= 1"),
     ("lora.layers_to_transform=[-1]", "lora.layers_to_transform[0]", ">= 0"),

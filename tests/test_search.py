@@ -193,6 +193,33 @@ def test_two_workers_share_one_storage(tiny_roberta_dir, tmp_path):
     assert "leaderboard" in out.output and "best: trial" in out.output
 
 
+def test_a_file_objective_scores_each_trial_as_lorafit_evaluate_does(tiny_roberta_dir, tmp_path):
+    """search.objective ``file:PATH``: each trial's saved model is scored on the labeled file by
+    :func:`lorafit.predict.score_run_on_file`, the function behind ``lorafit evaluate``, and the
+    weighted terms add up to the trial's value."""
+    from lorafit.data.io import load_labeled
+    from lorafit.inference import predict_with_config
+    from lorafit.model import load_trained
+
+    dev = tmp_path / "data" / "dev.csv"  # written by search_config
+    path = search_config(tmp_path, tiny_roberta_dir, {"space": {"lora.r": {"choices": [4]}}, "pruner": {"type": "none"},
+                                                     "objective": {"val_accuracy": 0.5, f"file:{dev}": 2.0}}, epochs=2)
+    run_search(path, [], trials=1)
+    (t0,) = load_study(tmp_path).trials
+    score, trial = t0.user_attrs[f"file:{dev}"], tmp_path / "runs" / "tiny-search" / "trial-0"
+    assert t0.value == pytest.approx(0.5 * t0.user_attrs["val_accuracy"] + 2.0 * score)
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", str(trial), str(dev), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["accuracy"] == score
+    # counted here from the trial's model's own predictions on the file
+    model, tok, cfg, merge_adapters = load_trained(trial)
+    ds = load_labeled(str(dev), cfg.data.text_column, cfg.data.label_column, cfg.data.labels)
+    logits = predict_with_config(model, tok, cfg, ds["text"], merge_adapters=merge_adapters)
+    right = sum(int(p) == label for p, label in zip(logits.argmax(1), ds["label"]))
+    assert 0 < len(ds) and score == pytest.approx(right / len(ds))
+
+
 def test_search_section_is_validated_when_the_search_starts(tmp_path):
     def load(search):
         p = tmp_path / "c.yaml"

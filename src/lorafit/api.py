@@ -177,5 +177,8 @@ def load(run_dir: PathLike) -> Classifier:
 def predict_lines(run_dir: PathLike, texts) -> list[str]:
     """Class names for ``texts`` (strings, or lines of a stream such as stdin: line ends dropped), by
     the run's model alone (``lorafit predict RUN --text ...`` and ``--target -``)."""
+    from lorafit.runs import require_trained_run
+
+    require_trained_run(run_dir)  # before reading a stream: a wrong folder fails at once
     texts = [t.rstrip("\r\n") for t in texts]
     return load(run_dir).predict(texts) if texts else []

@@ -6,6 +6,7 @@ for the report's recipe, ``trainable params: 916,996 || all params: 125,463,560`
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,6 +59,13 @@ class BudgetReport:
         lines.append(f"  {'budget':<16} {self.max_trainable:>12,}  "
                      + ("OK" if self.within else f"EXCEEDED by {self.trainable - self.max_trainable:,}"))
         return "\n".join(lines)
+
+    def over_budget_line(self) -> str:
+        """What ``lorafit budget`` says when the count is over the budget (it exits 3)."""
+        top = ", ".join(f"{m} ({n:,})" for m, n in self.contributors)
+        several = (f" ({self.adapters} adapters x {self.per_adapter:,}; fewer train.adapters / selftrain.students "
+                   "also fit)" if self.adapters > 1 else "")
+        return f"over budget by {self.trainable - self.max_trainable:,}{several}; largest contributors: {top}"
 
     def to_dict(self) -> dict:
         out = {"trainable": self.trainable, "total": self.total, "max_trainable": self.max_trainable,
@@ -204,28 +212,38 @@ def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
     """For each target_modules choice and bias setting: the largest lora.r within
     ``budget.max_trainable`` and its exact trainable count (meta-device counts only; the other
     lora keys, the head and ``modules_to_save`` as in ``cfg``)."""
-    names, width = linear_layer_names(cfg)
-    rows = []
-    for label, modules in fit_choices(cfg, names):
-        row = {"target_modules": label, "modules": modules}
-        for bias in biases:
-            memo: dict[int, int] = {}
-
-            def count(r: int) -> int:
-                if r not in memo:
-                    lora = cfg.lora.model_copy(update={"r": r, "target_modules": modules, "bias": bias})
-                    memo[r] = count_budget(cfg.model_copy(update={"lora": lora})).trainable
-                return memo[r]
-
-            try:
-                r = largest_rank(count, cfg.budget.max_trainable, width)
-                row[bias] = {"r": r, "trainable": count(r) if r else None, "at_r1": count(1)}
-            except LorafitError as e:  # the model has no such module
-                row[bias] = {"r": None, "trainable": None, "error": str(e)[:120]}
-        rows.append(row)
+    count_budget(cfg)  # the config as it is counts (or fails), and says once where the model config came from
+    model_log = logging.getLogger("lorafit.model")
+    level = model_log.level
+    model_log.setLevel(logging.WARNING)  # the many counts below do not
+    try:
+        names, width = linear_layer_names(cfg)
+        rows = [_fit_row(cfg, label, modules, biases, width) for label, modules in fit_choices(cfg, names)]
+    finally:
+        model_log.setLevel(level)
     return {"model": cfg.model.name, "budget": cfg.budget.max_trainable, "max_r": width, "biases": list(biases),
             "adapters": cfg.predictor_adapters,
             "rows": rows}
+
+
+def _fit_row(cfg: Config, label: str, modules: list[str], biases: tuple[str, ...], width: int) -> dict:
+    """One row of :func:`fit_ranks`: per bias setting, the largest lora.r of that target_modules choice."""
+    row: dict = {"target_modules": label, "modules": modules}
+    for bias in biases:
+        memo: dict[int, int] = {}
+
+        def count(r: int) -> int:
+            if r not in memo:
+                lora = cfg.lora.model_copy(update={"r": r, "target_modules": modules, "bias": bias})
+                memo[r] = count_budget(cfg.model_copy(update={"lora": lora})).trainable
+            return memo[r]
+
+        try:
+            r = largest_rank(count, cfg.budget.max_trainable, width)
+            row[bias] = {"r": r, "trainable": count(r) if r else None, "at_r1": count(1)}
+        except LorafitError as e:  # the model has no such module
+            row[bias] = {"r": None, "trainable": None, "error": str(e)[:120]}
+    return row
 
 
 def render_fit(fit: dict) -> str:

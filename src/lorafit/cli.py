@@ -8,7 +8,7 @@ and the exit code is 1.
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import sys
 from pathlib import Path
@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from lorafit.config import Config, load_config
-from lorafit.runs import check_output_file, check_run_dir, require_trained_run, run_folder_options
+from lorafit.runs import check_output_file, run_folder_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -74,14 +74,6 @@ def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print
 
 EXIT_INPUT = 2
 EXIT_BUDGET = 3
-
-
-def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    from lorafit.logs import setup_logging
-
-    setup_logging(-1 if quiet else 1 if verbose else 0)  # stderr only; progress bars on a terminal only
-
-
 EXIT_INTERRUPTED = 130
 
 
@@ -96,29 +88,37 @@ def _os_error_message(e: OSError) -> str:
     return f"cannot use {where}: {e.strerror or e}"
 
 
-def _guarded(fn):
-    """Run a command; every error a user can cause (a :class:`LorafitError`, or a file they named
-    that cannot be read or written) becomes one line on stderr and an exit code (2 input, 3 over
-    budget, 130 interrupted), with no traceback. Anything else is a bug and keeps its traceback
-    (exit 1). Nothing heavy is imported here, so a bad config fails before torch loads."""
-    from lorafit.errors import LorafitError
-    from lorafit.io_utils import as_disk_full, offline_if_hub_unreachable
+def guarded(command):
+    """A command's body, run with logging set up from its ``verbose``/``quiet`` options (stderr only;
+    progress bars on a terminal only). Every error a user can cause (a :class:`LorafitError`, or a
+    file they named that cannot be read or written) becomes one line on stderr and an exit code (2
+    input, 3 over budget, 130 interrupted), with no traceback. Anything else is a bug and keeps its
+    traceback (exit 1). Nothing heavy is imported here, so a bad config fails before torch loads."""
 
-    offline_if_hub_unreachable()  # an unreachable Hub: fail (or use the cache) at once, not after ~23 s per file
-    try:
-        return fn()
-    except LorafitError as e:
-        _fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted: every file written so far is complete (files are written atomically); run the same "
-              "command again to continue from the saved stages and checkpoints", EXIT_INTERRUPTED)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        _fail(_os_error_message(e))
-    except Exception as e:  # a full disk inside Trainer/safetensors/torch writers has no errno
-        full = as_disk_full(e)
-        if full is None:
-            raise
-        _fail(str(full))
+    @functools.wraps(command)  # typer reads the command's parameters through the wrapper
+    def run_guarded(*args, **kwargs):
+        from lorafit.errors import LorafitError
+        from lorafit.io_utils import as_disk_full, offline_if_hub_unreachable
+        from lorafit.logs import setup_logging
+
+        setup_logging(-1 if kwargs.get("quiet") else 1 if kwargs.get("verbose") else 0)
+        offline_if_hub_unreachable()  # an unreachable Hub: fail (or use the cache) at once, not after ~23 s per file
+        try:
+            return command(*args, **kwargs)
+        except LorafitError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted: every file written so far is complete (files are written atomically); run the same "
+                  "command again to continue from the saved stages and checkpoints", EXIT_INTERRUPTED)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            _fail(_os_error_message(e))
+        except Exception as e:  # a full disk inside Trainer/safetensors/torch writers has no errno
+            full = as_disk_full(e)
+            if full is None:
+                raise
+            _fail(str(full))
+
+    return run_guarded
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
@@ -142,15 +142,21 @@ def _write_json(path: Optional[Path], obj) -> None:
         atomic_write_json(path, obj)
 
 
-def _load(config: Path, overrides: List[str], name: Optional[str] = None, output_dir: Optional[str] = None,
-          allow_pickle: bool = False, trust_remote_code: bool = False) -> Config:
-    extra = list(overrides)
+def _overrides(overrides: Optional[List[str]], name: Optional[str] = None, output_dir: Optional[str] = None,
+               allow_pickle: bool = False, trust_remote_code: bool = False) -> list[str]:
+    """The config overrides of the arguments and of the options that stand for config keys."""
+    extra = list(overrides or [])
     if trust_remote_code:
         extra.append("model.trust_remote_code=true")
     extra += run_folder_options(name, output_dir)
     if allow_pickle:
         extra.append("data.allow_pickle=true")
-    return load_config(config, extra)
+    return extra
+
+
+def _load(config: Path, overrides: Optional[List[str]], name: Optional[str] = None, output_dir: Optional[str] = None,
+          allow_pickle: bool = False, trust_remote_code: bool = False) -> Config:
+    return load_config(config, _overrides(overrides, name, output_dir, allow_pickle, trust_remote_code))
 
 
 CONFIG_ARG = typer.Argument(..., help="experiment YAML, e.g. configs/quickstart.yaml")
@@ -159,6 +165,7 @@ PICKLE_HELP = "allow loading .pkl data (pickles can run code: trusted sources on
 
 
 @app.command()
+@guarded
 def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
         name: Optional[str] = typer.Option(None, help="run name (folder under output_dir)"),
         output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
@@ -169,50 +176,34 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Run every enabled stage of CONFIG into runs/<name>/ and print a summary (stdout: the summary
     alone; log lines go to stderr and to RUN/run.log)."""
-    _setup_logging(verbose, quiet)
+    cfg = _load(config, overrides, name, output_dir, allow_pickle, trust_remote_code)
+    from lorafit.api import run_config
 
-    def go():
-        cfg = _load(config, overrides or [], name, output_dir, allow_pickle, trust_remote_code)
-        from lorafit.api import run_config
-
-        result = run_config(cfg, fresh=fresh, command=" ".join(["lorafit", *sys.argv[1:]]), config_path=config)
-        if result.summary:  # empty on the non-zero ranks of a multi-process run
-            typer.echo(result.summary, nl=False)
-
-    _guarded(go)
+    result = run_config(cfg, fresh=fresh, command=" ".join(["lorafit", *sys.argv[1:]]), config_path=config)
+    if result.summary:  # empty on the non-zero ranks of a multi-process run
+        typer.echo(result.summary, nl=False)
 
 
 @app.command()
+@guarded
 def budget(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
            fit: bool = typer.Option(False, "--fit", help="list the largest lora.r per target_modules choice "
                                                          "(with and without biases) that fits the budget")):
     """Count trainable parameters from the model config alone (no weights); exit 3 when over budget."""
-    _setup_logging(False)
+    cfg = _load(config, overrides)  # a bad config fails before torch loads
+    from lorafit.budget import count_budget, fit_ranks, render_fit
 
-    def go():
-        cfg = _load(config, overrides or [])  # a bad config fails before torch loads
-        from lorafit.budget import count_budget
-
-        if fit:
-            from lorafit.budget import fit_ranks, render_fit
-
-            count_budget(cfg)  # says once where the model config came from; the many counts below do not
-            logging.getLogger("lorafit.model").setLevel(logging.WARNING)
-            typer.echo(render_fit(fit_ranks(cfg)))
-            return
-        report = count_budget(cfg)
-        typer.echo(report.render())
-        if not report.within:
-            top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
-            several = (f" ({report.adapters} adapters x {report.per_adapter:,}; fewer train.adapters / selftrain.students "
-                       "also fit)" if report.adapters > 1 else "")
-            _fail(f"over budget by {report.trainable - report.max_trainable:,}{several}; largest contributors: {top}",
-                  EXIT_BUDGET)
-
-    _guarded(go)
+    if fit:
+        typer.echo(render_fit(fit_ranks(cfg)))
+        return
+    report = count_budget(cfg)
+    typer.echo(report.render())
+    if not report.within:
+        _fail(report.over_budget_line(), EXIT_BUDGET)
 
 
 @app.command()
+@guarded
 def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
            trials: Optional[int] = typer.Option(None, help="trials to train in all (default search.trials); "
                                                            "over-budget proposals are rejected untrained and not counted"),
@@ -226,25 +217,19 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
            worker_index: int = typer.Option(0, hidden=True),
            verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Budget-aware hyperparameter search over the config's search.space (Optuna; resumable)."""
-    _setup_logging(verbose)
+    extra = _overrides(overrides, name, output_dir, allow_pickle)
+    from lorafit.search_space import check_space
 
-    def go():
-        extra = list(overrides or [])
-        extra += run_folder_options(name, output_dir)
-        extra += ["data.allow_pickle=true"] if allow_pickle else []
-        from lorafit.search_space import check_space
+    check_space(config, extra, load_config(config, extra))  # a bad config or space fails before torch loads
+    from lorafit.search import render_leaderboard, run_search
 
-        check_space(config, extra, load_config(config, extra))  # a bad config or space fails before torch loads
-        from lorafit.search import render_leaderboard, run_search
-
-        result = run_search(config, extra, trials=trials, storage=storage, workers=workers, worker_index=worker_index)
-        if result:
-            render_leaderboard(result)
-
-    _guarded(go)
+    result = run_search(config, extra, trials=trials, storage=storage, workers=workers, worker_index=worker_index)
+    if result:
+        render_leaderboard(result)
 
 
 @app.command()
+@guarded
 def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g. runs/quickstart"),
             target: Optional[str] = typer.Option(None, help="target set (default: the run config's data.target); "
                                                  "- reads texts from stdin, one per line, and prints their class names"),
@@ -257,60 +242,33 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
             allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Write a Kaggle submission (ID,Label) for a target set with a trained run."""
-    _setup_logging(verbose)
+    if text or target == "-":  # single texts or a pipe: class names on stdout, one per line
+        from lorafit.api import predict_lines
 
-    def go():
-        if text or target == "-":  # single texts or a pipe: class names on stdout, one per line
-            from lorafit.api import predict_lines
+        for label in predict_lines(run_dir, text or sys.stdin):
+            typer.echo(label)
+        return
+    _check_output(output, "submission file (-o)", "submission")
+    import tempfile
 
-            require_trained_run(run_dir)
-            for label in predict_lines(run_dir, text or sys.stdin):
-                typer.echo(label)
-            return
-        _check_output(output, "submission file (-o)", "submission")
-        require_trained_run(run_dir)
-        # the run's config, with --prior checked like any override (a bad one fails before any model work);
-        # selftrain.select_after_prior needs a prior for self-training only, which prediction does not run
-        cfg = load_config(Path(run_dir) / "config.yaml",
-                          [f"predict.prior={prior}", "selftrain.select_after_prior=false"] if prior is not None else [])
-        spec = target or cfg.data.target
-        if not spec:
-            _fail(f"{run_dir}: its config has no data.target; pass --target PATH")
-        from lorafit.data.io import load_unlabeled
-        from lorafit.data.prepare import clean_dataset
+    from lorafit.predict import predict_run
 
-        ds = load_unlabeled(spec, text_column or cfg.data.target_text_column, allow_pickle=allow_pickle)  # consent per command, never from the run's files
-        ds = clean_dataset(ds, cfg)
-        import datasets
-
-        from lorafit.predict import label_prior, predict_and_submit
-
-        train_dir = Path(run_dir) / "data" / "train"
-        train_prior = (label_prior(datasets.load_from_disk(str(train_dir))["label"], len(cfg.data.labels))
-                       if train_dir.is_dir() else None)
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="lorafit-") as tmp:  # -o -: the submission goes to stdout
-            out = Path(tmp) / "submission.csv" if _is_stdout(output) else output or Path(run_dir) / "submission.csv"
-            # the run's own target set: its saved probabilities are reused (a prior re-applied without the
-            # model) or, when computed afresh, kept for later priors
-            t = predict_and_submit(cfg, ds["text"], out, run_dir=Path(run_dir), train_prior=train_prior,
-                                   reuse_probs=reuse_probs, save_probs=target is None,
-                                   ids=ds["id"] if "id" in ds.column_names else None)
-            if _is_stdout(output):
-                sys.stdout.write(out.read_text())
-                out = "the submission to stdout"
-        info = t["prior"]
-        typer.echo(f"wrote {out} ({len(ds):,} rows; predicted per class "
-                   f"{dict(zip(map(str, cfg.data.labels), t['predicted_distribution']))}"
-                   + (f"; prior {info['mode']} {[round(x, 3) for x in info['prior']]}, {info['changed']} changed"
-                      if info.get("mode") not in (None, "none") else "")
-                   + ")", err=_is_stdout(output))
-
-    _guarded(go)
+    with tempfile.TemporaryDirectory(prefix="lorafit-") as tmp:  # -o -: the submission goes to stdout
+        out = Path(tmp) / "submission.csv" if _is_stdout(output) else output or Path(run_dir) / "submission.csv"
+        t, labels = predict_run(run_dir, out, target=target, prior=prior, text_column=text_column,
+                                reuse_probs=reuse_probs, allow_pickle=allow_pickle)
+        if _is_stdout(output):
+            sys.stdout.write(out.read_text())
+            out = "the submission to stdout"
+    info = t["prior"]
+    typer.echo(f"wrote {out} ({t['rows']:,} rows; predicted per class {dict(zip(labels, t['predicted_distribution']))}"
+               + (f"; prior {info['mode']} {[round(x, 3) for x in info['prior']]}, {info['changed']} changed"
+                  if info.get("mode") not in (None, "none") else "")
+               + ")", err=_is_stdout(output))
 
 
 @app.command()
+@guarded
 def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              data: str = typer.Argument(..., help="a labeled set (csv/jsonl/parquet/folder/Hub id)"),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the metrics as JSON here (- for stdout)"),
@@ -323,69 +281,22 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
              verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
-    _setup_logging(verbose)
+    # every path, key and value is checked before the model libraries load (a mistake fails in a second)
+    if prior_fit not in ("data", "target"):
+        _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
+    _check_output(output, "metrics file (-o)", "metrics")  # before the evaluation
+    from lorafit.predict import score_run_on_file
 
-    def go():
-        from lorafit.io_utils import atomic_write_json
-
-        # every path, key and value is checked before the model libraries load (a mistake fails in a second)
-        if prior_fit not in ("data", "target"):
-            _fail(f"--prior-fit must be data or target, not {prior_fit!r}")
-        _check_output(output, "metrics file (-o)", "metrics")  # before the evaluation
-        require_trained_run(run_dir)
-        cfg = load_config(Path(run_dir) / "config.yaml")
-        if prior not in (None, "none"):
-            from lorafit.prior import parse_prior
-
-            try:
-                parse_prior(prior, len(cfg.data.labels))
-            except ValueError as e:
-                _fail(f"--prior {prior}: {e}")
-        target_probs = None
-        if prior_fit == "target":  # the run must have predicted its target set
-            if prior in (None, "none"):
-                _fail("--prior-fit target needs --prior (uniform | em | proportions)")
-            from lorafit.runs import read_target_probs
-
-            probs_file = Path(run_dir) / "target_probs.npz"
-            if not probs_file.is_file():
-                _fail(f"{probs_file}: no saved target probabilities (the run predicted no target set); "
-                      "run `lorafit predict` on it first")
-            target_probs = read_target_probs(probs_file)[0]
-        from lorafit.data.io import load_labeled
-
-        ds = load_labeled(data, text_column or cfg.data.text_column, label_column or cfg.data.label_column,
-                          cfg.data.labels, allow_pickle=allow_pickle)
-        from lorafit.inference import predict_with_config
-        from lorafit.metrics import classification_metrics
-        from lorafit.model import load_trained
-
-        model, tok, cfg, merge_adapters = load_trained(run_dir)
-        logits = predict_with_config(model, tok, cfg, ds["text"], progress=True, merge_adapters=merge_adapters)
-        preds = logits.argmax(1)
-        fitted = None
-        if prior not in (None, "none"):  # check a prior adjustment on a labeled set
-            from scipy.special import softmax
-
-            from lorafit.prior import adjust_predictions, carry_adjustment
-
-            probs = softmax(logits, axis=-1)
-            if target_probs is None:
-                preds = adjust_predictions(probs, prior)[0].argmax(1)
-            else:  # the adjustment the submission gets, carried to these rows
-                adjusted, fitted = carry_adjustment(probs, target_probs, prior)
-                preds = adjusted.argmax(1)
-        m = classification_metrics(ds["label"], preds, list(map(str, cfg.data.labels)))
-        if fitted is not None:
-            m["prior"] = {"mode": fitted["mode"], "fitted_on": "target", "class_weights": fitted["class_weights"]}
-        _write_json(output, m)
-        typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  ({len(ds):,} rows)",
-                   err=_is_stdout(output))
-
-    _guarded(go)
+    scored = score_run_on_file(run_dir, data, text_column=text_column, label_column=label_column, prior=prior,
+                               prior_fit=prior_fit, allow_pickle=allow_pickle, progress=True)
+    m = scored.metrics
+    _write_json(output, m)
+    typer.echo(f"{data}: accuracy {100 * m['accuracy']:.2f}%  macro-F1 {100 * m['macro_f1']:.2f}%  "
+               f"({len(scored.dataset):,} rows)", err=_is_stdout(output))
 
 
 @app.command()
+@guarded
 def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of one recipe trained with other seeds (2 or more)"),
               data: Optional[str] = typer.Option(None, "--data", help="also a labeled set (e.g. the dev set), predicted by "
                                                  "each run, to check the estimate where labels exist"),
@@ -396,213 +307,146 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
     """Estimate a recipe's accuracy on the unlabeled target set from how often runs of other seeds
     disagree there (1 - mean pairwise disagreement; Jiang et al. 2022). The runs' saved target
     probabilities are used (no model run); --data measures the same estimate's gap on a labeled set."""
-    _setup_logging(verbose)
+    if len(run_dirs) < 2:
+        _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
+    _check_output(output, "agreement file (-o)", "agreement")
+    from lorafit.predict import data_agreement, target_agreement  # no model library yet: a wrong path fails in a second
 
-    def go():
-        from scipy.special import softmax
-
-        from lorafit.io_utils import atomic_write_json
-        from lorafit.metrics import agreement_estimate
-        from lorafit.prior import adjust_predictions, parse_prior
-        from lorafit.runs import read_target_probs  # no model library: a wrong path fails in a second
-
-        if len(run_dirs) < 2:
-            _fail("agreement needs 2 or more run folders: the same recipe trained with other seeds")
-        _check_output(output, "agreement file (-o)", "agreement")
-        saved = {str(run): read_target_probs(Path(run) / "target_probs.npz") for run in run_dirs}
-        try:  # a bad prior fails before any model work
-            parse_prior(prior, next(iter(saved.values()))[0].shape[1])
-        except ValueError as e:
-            _fail(f"--prior {prior}: {e}")
-
-        def adjusted(probs):
-            return adjust_predictions(probs, prior)[0] if prior not in (None, "none") else probs
-
-        digests = {run: digest for run, (_, digest) in saved.items()}
-        if len(set(digests.values())) > 1:
-            _fail("the runs predicted different target sets (target_probs.npz digests differ: "
-                  + ", ".join(f"{r} {d[:8]}" for r, d in digests.items()) + ")")
-        target = [adjusted(probs).argmax(1) for probs, _ in saved.values()]
-        result = {"runs": [str(r) for r in run_dirs], "prior": prior or "none",
-                  "target": agreement_estimate(target)}
-        t = result["target"]
-        typer.echo(f"target ({t['rows']:,} texts, {len(run_dirs)} runs): mean pairwise disagreement "
-                   f"{100 * t['mean_disagreement']:.2f}% -> estimated accuracy {100 * t['estimated_accuracy']:.2f}%", err=_is_stdout(output))
-        if data is not None:
-            from lorafit.data.io import load_labeled
-            from lorafit.model import load_trained
-            from lorafit.inference import predict_with_config
-
-            preds, ds = [], None
-            for run in run_dirs:
-                model, tok, cfg, merge_adapters = load_trained(run)
-                if ds is None:  # read once: the runs are one recipe (same columns and labels)
-                    ds = load_labeled(data, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
-                                      allow_pickle=allow_pickle)
-                logits = predict_with_config(model, tok, cfg, ds["text"], progress=verbose,
-                                             merge_adapters=merge_adapters)
-                preds.append(adjusted(softmax(logits, axis=-1)).argmax(1))
-                del model
-            d = result["data"] = agreement_estimate(preds, ds["label"])
-            result["target_estimate_minus_gap"] = t["estimated_accuracy"] - d["gap"]
-            typer.echo(f"{data} ({d['rows']:,} rows): accuracy "
-                       + " / ".join(f"{100 * a:.2f}%" for a in d["accuracy"])
-                       + f" (mean {100 * d['mean_accuracy']:.2f}%); disagreement {100 * d['mean_disagreement']:.2f}% "
-                       f"-> estimate {100 * d['estimated_accuracy']:.2f}% (gap {100 * d['gap']:+.2f} points)", err=_is_stdout(output))
-            typer.echo(f"target estimate minus that gap: {100 * result['target_estimate_minus_gap']:.2f}%", err=_is_stdout(output))
-        _write_json(output, result)
-
-    _guarded(go)
+    result = target_agreement(run_dirs, prior)
+    t, err = result["target"], _is_stdout(output)
+    typer.echo(f"target ({t['rows']:,} texts, {len(run_dirs)} runs): mean pairwise disagreement "
+               f"{100 * t['mean_disagreement']:.2f}% -> estimated accuracy {100 * t['estimated_accuracy']:.2f}%", err=err)
+    if data is not None:
+        d = result["data"] = data_agreement(run_dirs, data, prior, allow_pickle=allow_pickle, progress=verbose)
+        result["target_estimate_minus_gap"] = t["estimated_accuracy"] - d["gap"]
+        typer.echo(f"{data} ({d['rows']:,} rows): accuracy " + " / ".join(f"{100 * a:.2f}%" for a in d["accuracy"])
+                   + f" (mean {100 * d['mean_accuracy']:.2f}%); disagreement {100 * d['mean_disagreement']:.2f}% "
+                   f"-> estimate {100 * d['estimated_accuracy']:.2f}% (gap {100 * d['gap']:+.2f} points)", err=err)
+        typer.echo(f"target estimate minus that gap: {100 * result['target_estimate_minus_gap']:.2f}%", err=err)
+    _write_json(output, result)
 
 
 @app.command("adapt-lm")
+@guarded
 def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
              verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Fine-tune the causal LM (augment.lm.model) on the config's unlabeled target texts."""
-    _setup_logging(verbose)
+    from lorafit.io_utils import lock_folder
+    from lorafit.runs import claim_run_dir
 
-    def go():
-        from lorafit.io_utils import lock_folder
-        from lorafit.runs import claim_run_dir
+    cfg = _load(config, overrides)  # config, then data, then the model libraries: mistakes fail fast
+    if not cfg.data.target:
+        _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
+    lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
+    from lorafit.data import prepare_data
 
-        cfg = _load(config, overrides or [])  # config, then data, then the model libraries: mistakes fail fast
-        if not cfg.data.target:
-            _fail("config has no data.target: the LM is adapted to the unlabeled target texts")
-        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)")  # one writer at a time
-        from lorafit.data import prepare_data
+    data = prepare_data(cfg)
+    from lorafit.augment import adapt_lm_stage
 
-        data = prepare_data(cfg)
-        from lorafit.augment import adapt_lm_stage
-
-        path = adapt_lm_stage(cfg, data.target["text"], cfg.run_dir)
-        typer.echo(f"adapted LM saved to {path}")
-
-    _guarded(go)
+    typer.echo(f"adapted LM saved to {adapt_lm_stage(cfg, data.target['text'], cfg.run_dir)}")
 
 
 @app.command()
+@guarded
 def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
              verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Generate labeled samples per class from the prompt bank (resumable; splits across processes)."""
-    _setup_logging(verbose)
+    from lorafit.io_utils import lock_folder
+    from lorafit.runs import claim_run_dir
 
-    def go():
-        from lorafit.io_utils import lock_folder
-        from lorafit.runs import claim_run_dir
+    cfg = _load(config, overrides)  # config, then data, then the model libraries: mistakes fail fast
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    # one writer at a time; the processes of one job each hold the lock of their rank
+    lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)", rank=rank)
+    from lorafit.data import prepare_data
 
-        cfg = _load(config, overrides or [])  # config, then data, then the model libraries: mistakes fail fast
-        # one writer at a time; the processes of one job each hold the lock of their rank
-        lock_folder(claim_run_dir(cfg), "run folder (output_dir/name)", rank=int(os.environ.get("RANK", 0)))
-        from lorafit.data import prepare_data
+    data = prepare_data(cfg)
+    from lorafit.augment import generate_stage
 
-        data = prepare_data(cfg)
-        from lorafit.augment import generate_stage
-
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world,
-                            target_texts=data.target["text"] if data.target is not None else ())
-        if ds is None:  # this process finished its shards; another one assembles the set
-            typer.echo(f"rank {rank}/{world}: shards done; the last process to finish writes samples.jsonl")
-        else:
-            typer.echo(f"generated {len(ds):,} samples into {cfg.run_dir / 'synthetic'}")
-
-    _guarded(go)
+    ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world,
+                        target_texts=data.target["text"] if data.target is not None else ())
+    if ds is None:  # this process finished its shards; another one assembles the set
+        typer.echo(f"rank {rank}/{world}: shards done; the last process to finish writes samples.jsonl")
+    else:
+        typer.echo(f"generated {len(ds):,} samples into {cfg.run_dir / 'synthetic'}")
 
 
 @app.command()
+@guarded
 def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
            card: bool = typer.Option(True, "--card/--no-card", help="also (re)write the adapter's model card model/README.md"),
            verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
     """Write RUN_DIR/report.html: one self-contained page with the results, data, curves and samples of a run."""
-    _setup_logging(verbose)
+    from lorafit.report import read_run, write_model_card, write_report
 
-    def go():
-        from lorafit.report import read_run, write_model_card, write_report
-
-        path = write_report(run_dir)
-        typer.echo(f"wrote {path}")
-        run = read_run(run_dir)
-        if card and run["cfg"] is not None and (Path(run_dir) / "model" / "adapter_config.json").is_file():
-            typer.echo(f"wrote {write_model_card(run_dir, run['cfg'], run['metrics'])}")
-
-    _guarded(go)
+    typer.echo(f"wrote {write_report(run_dir)}")
+    run = read_run(run_dir)
+    if card and run["cfg"] is not None and (Path(run_dir) / "model" / "adapter_config.json").is_file():
+        typer.echo(f"wrote {write_model_card(run_dir, run['cfg'], run['metrics'])}")
 
 
 @app.command()
+@guarded
 def compare(run_dirs: List[Path] = typer.Argument(..., help="run folders, e.g. runs/quickstart runs/r4"),
             html: Optional[Path] = typer.Option(None, "--html", help="also write the table as a self-contained HTML page"),
             as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON (one record per run)"),
             as_csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV (a line per field, a column per run)")):
     """Runs side by side: the config keys that differ, validation accuracy and macro-F1, target
     distribution, times per stage (a field a run lacks is left blank)."""
-    _setup_logging(False)
+    import json
 
-    def go():
-        import json
+    from rich.console import Console
 
-        from rich.console import Console
+    from lorafit.io_utils import atomic_write_text
+    from lorafit.report import compare_runs, comparison_csv, comparison_html, comparison_records, comparison_table
 
-        from lorafit.io_utils import atomic_write_text
-        from lorafit.report import (compare_runs, comparison_csv, comparison_html, comparison_records,
-                                    comparison_table)
-
-        if as_json and as_csv:
-            _fail("--json and --csv: choose one")
-        if html is not None:
-            check_output_file(html, "comparison page (--html)", "html")
-        names, rows = compare_runs(run_dirs)
-        if as_json:
-            typer.echo(json.dumps(comparison_records(names, rows), indent=2))
-        elif as_csv:
-            typer.echo(comparison_csv(names, rows), nl=False)
-        else:  # piped: as wide as the table needs (a terminal's width otherwise)
-            Console(width=None if sys.stdout.isatty() else 100_000).print(comparison_table(names, rows))
-        if html is not None:
-            atomic_write_text(html, comparison_html(names, rows))
-            typer.echo(f"wrote {html}")
-
-    _guarded(go)
+    if as_json and as_csv:
+        _fail("--json and --csv: choose one")
+    if html is not None:
+        check_output_file(html, "comparison page (--html)", "html")
+    names, rows = compare_runs(run_dirs)
+    if as_json:
+        typer.echo(json.dumps(comparison_records(names, rows), indent=2))
+    elif as_csv:
+        typer.echo(comparison_csv(names, rows), nl=False)
+    else:  # piped: as wide as the table needs (a terminal's width otherwise)
+        Console(width=None if sys.stdout.isatty() else 100_000).print(comparison_table(names, rows))
+    if html is not None:
+        atomic_write_text(html, comparison_html(names, rows))
+        typer.echo(f"wrote {html}")
 
 
 @app.command()
+@guarded
 def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
            merged: Path = typer.Option(..., "--merged", help="folder to write the merged model to (made by lorafit)"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx, checked against the torch logits "
                                                            "(needs the onnx and onnxruntime packages)")):
     """Write a plain transformers model: LoRA merged into the base, tokenizer, class names and a model card;
     transformers.pipeline("text-classification", model=DIR) loads it with no arguments."""
-    _setup_logging(False)
+    from lorafit.export import export_merged
 
-    def go():
-        from lorafit.export import export_merged
-
-        result = export_merged(run_dir, merged, onnx=onnx)
-        typer.echo(f"wrote {result.folder}" + (f" and {result.onnx} (max |logit difference| vs torch "
-                                               f"{result.onnx_max_abs_diff:.1e})" if result.onnx else ""))
-
-    _guarded(go)
+    result = export_merged(run_dir, merged, onnx=onnx)
+    typer.echo(f"wrote {result.folder}" + (f" and {result.onnx} (max |logit difference| vs torch "
+                                           f"{result.onnx_max_abs_diff:.1e})" if result.onnx else ""))
 
 
 @app.command()
+@guarded
 def push(run_dir: Path = typer.Argument(..., help="a trained run folder"),
          repo_id: str = typer.Argument(..., help="Hub repository, user/name (created when missing)"),
          private: bool = typer.Option(False, "--private", help="create the repository as private"),
          merged: bool = typer.Option(False, "--merged", help="upload the merged model (see export) instead of the adapter"),
          dry_run: bool = typer.Option(False, "--dry-run", help="list the files that would be uploaded; contact nothing")):
     """Upload a run's adapter (or merged model) and its model card to the Hugging Face Hub."""
-    _setup_logging(False)
+    from lorafit.export import push as push_run
 
-    def go():
-        from lorafit.export import push as push_run
-
-        plan = push_run(run_dir, repo_id, private=private, merged=merged, dry_run=dry_run)
-        verb = "would upload" if dry_run else "uploaded"
-        typer.echo(f"{verb} {len(plan.files)} files to {plan.repo_id}" + (" (private)" if private else "")
-                   + (f": {plan.url}" if plan.url else ""))
-        for name, size in plan.files:
-            typer.echo(f"  {name}  {size:,} bytes")
-
-    _guarded(go)
+    plan = push_run(run_dir, repo_id, private=private, merged=merged, dry_run=dry_run)
+    verb = "would upload" if dry_run else "uploaded"
+    typer.echo(f"{verb} {len(plan.files)} files to {plan.repo_id}" + (" (private)" if private else "")
+               + (f": {plan.url}" if plan.url else ""))
+    for name, size in plan.files:
+        typer.echo(f"  {name}  {size:,} bytes")
 
 
 def _terminate(signum, frame):

@@ -323,7 +323,7 @@ def parse_prior(spec: Any, num_labels: int) -> np.ndarray | None:
         raise ValueError(f"prior entries must be finite numbers; got {arr.tolist()}")
     if np.any(arr < 0):
         raise ValueError(
-            f"prior entries must be non-negative; got {arr.tolist()} "
+            f"prior entries must be non-negative (>= 0); got {arr.tolist()} "
             f"(negative at index {int(np.flatnonzero(arr < 0)[0])})"
         )
     total = float(arr.sum())

@@ -277,20 +277,12 @@ class Searcher:
         return value
 
     def file_accuracy(self, cfg: Config, path: str) -> float:
-        """Accuracy of the trial's saved model on a labeled file (as ``lorafit evaluate``)."""
-        import numpy as np
+        """Accuracy of the trial's saved model on a labeled file (as ``lorafit evaluate``; the file is read once)."""
+        from lorafit.predict import score_run_on_file
 
-        from lorafit.data.io import load_labeled
-        from lorafit.model import load_trained
-        from lorafit.inference import predict_with_config
-
-        if path not in self._files:
-            self._files[path] = load_labeled(path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels,
-                                             allow_pickle=cfg.data.allow_pickle)
-        ds = self._files[path]
-        model, tok, run_cfg, merge_adapters = load_trained(cfg.run_dir)
-        logits = predict_with_config(model, tok, run_cfg, ds["text"], merge_adapters=merge_adapters)
-        return float((logits.argmax(1) == np.asarray(ds["label"])).mean())
+        scored = score_run_on_file(cfg.run_dir, self._files.get(path, path), allow_pickle=cfg.data.allow_pickle)
+        self._files[path] = scored.dataset
+        return scored.accuracy
 
     def work(self) -> int:
         """Run trials until the study has ``trials`` trained ones; returns how many this worker ran."""

@@ -84,23 +84,29 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 def prior_spec(v):
-    """none|uniform|em (any case), K proportions as a list or as ``"0.2,0.3,0.5"``."""
+    """none|uniform|em (any case), K proportions as a list or as ``"0.2,0.3,0.5"`` (kept as given, not
+    normalised). The values are checked by :func:`lorafit.prior.parse_prior`, the one prior parser;
+    the count of classes against ``data.labels`` by the config."""
+    from lorafit.prior import parse_prior
+
     if isinstance(v, str) and v.strip().lower() in ("none", "uniform", "em"):
         return v.strip().lower()
     values = v.split(",") if isinstance(v, str) and "," in v else v
     if not isinstance(values, (list, tuple)) or not values:
         raise invalid(f"must be none, uniform, em or a list of class proportions, got {v!r}")
     out = []
-    for x in values:
+    for x in values:  # number-like strings ("2e-1") are numbers, as everywhere in a config
         try:
             x = _float_like(x.strip() if isinstance(x, str) else x)
         except PydanticCustomError:
             x = None
-        if not isinstance(x, float) or x < 0:
+        if not isinstance(x, float):
             raise invalid(f"proportions must be finite numbers >= 0, got {v!r}")
         out.append(x)
-    if sum(out) <= 0:
-        raise invalid(f"proportions must not all be 0, got {v!r}")
+    try:
+        parse_prior(out, len(out))
+    except ValueError as e:
+        raise invalid(str(e)) from None
     return out
 
 
