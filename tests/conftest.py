@@ -103,11 +103,14 @@ def one_torch_thread():
 @pytest.fixture()
 def tiny_csvs(tmp_path) -> dict:
     """train.csv (96 rows), dev.csv (32 rows) and target.csv (16 unlabeled rows) in tmp_path."""
-    rows = tiny_labeled_rows(6)
-    train = write_csv(tmp_path / "train.csv", rows)
-    dev = write_csv(tmp_path / "dev.csv", tiny_labeled_rows(2))
-    target = write_csv(tmp_path / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)])
-    return {"train": train, "dev": dev, "target": target}
+    return write_tiny_csvs(tmp_path)
+
+
+def write_tiny_csvs(folder: Path) -> dict:
+    """The three CSVs of :func:`tiny_csvs` written into ``folder``; their paths by name."""
+    return {"train": write_csv(folder / "train.csv", tiny_labeled_rows(6)),
+            "dev": write_csv(folder / "dev.csv", tiny_labeled_rows(2)),
+            "target": write_csv(folder / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)])}
 
 
 def tiny_overrides(model_dir: Path, csvs: dict, run_root: Path, **extra) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_labeled_rows, tiny_overrides, write_csv
+from conftest import tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
 from lorafit.cli import EXIT_BUDGET, EXIT_INPUT, app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,12 +114,7 @@ def test_budget_console_script_over_limit():
 
 @pytest.fixture()
 def tiny_inputs(tiny_roberta_dir, tmp_path) -> dict:
-    data = tmp_path / "data"
-    csvs = {
-        "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
-        "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
-        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
-    }
+    csvs = write_tiny_csvs(tmp_path / "data")
     runs = tmp_path / "runs"
     return {"model": tiny_roberta_dir, "csvs": csvs, "runs": runs, "tmp": tmp_path, "config": _tiny_config(tmp_path)}
 

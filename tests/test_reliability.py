@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_labeled_rows, tiny_overrides, write_csv
+from conftest import tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
 from lorafit.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,12 +27,7 @@ selftrain: {enabled: false}
 
 @pytest.fixture()
 def tiny_inputs(tiny_roberta_dir, tmp_path) -> dict:
-    data = tmp_path / "data"
-    csvs = {
-        "train": write_csv(data / "train.csv", tiny_labeled_rows(6)),
-        "dev": write_csv(data / "dev.csv", tiny_labeled_rows(2)),
-        "target": write_csv(data / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)]),
-    }
+    csvs = write_tiny_csvs(tmp_path / "data")
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
     return {"model": tiny_roberta_dir, "csvs": csvs, "runs": tmp_path / "runs", "tmp": tmp_path, "config": config}
