@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
+from conftest import TINY_YAML, tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
 from lorafit.cli import EXIT_BUDGET, EXIT_INPUT, app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,15 +29,6 @@ PEFT_LINE = "trainable params: 916,996 || all params: 125,463,560 || trainable%:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# A config of its own (defaults, augmentation off) so changes to the shipped demos do not change
-# what these tests measure; the tiny model and data come in as command-line overrides.
-TINY_YAML = """name: tiny
-augment:
-  synonyms: {enabled: false}
-  lm: {enabled: false}
-  generate: {enabled: false}
-selftrain: {enabled: false}
-"""
 
 
 def _tiny_config(folder: Path) -> Path:

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
+from conftest import TINY_YAML, tiny_labeled_rows, tiny_overrides, write_csv, write_tiny_csvs
 from lorafit.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY_YAML = """name: tiny
-augment:
-  synonyms: {enabled: false}
-  lm: {enabled: false}
-  generate: {enabled: false}
-selftrain: {enabled: false}
-"""
 
 
 @pytest.fixture()
