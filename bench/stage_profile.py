@@ -214,8 +214,9 @@ def describe(stage: str, args, kwargs, result) -> dict:
         return {"tokenizer": type(result).__name__, "vocab": len(result),
                 "model_max_length": getattr(result, "model_max_length", None)}
     if stage == "load_model":
-        trainable, total = result.get_nb_trainable_parameters()
-        p = next(result.parameters())
+        model = result.model  # build_model returns the PEFT model with the names of its new weights
+        trainable, total = model.get_nb_trainable_parameters()
+        p = next(model.parameters())
         return {"trainable": int(trainable), "total": int(total), "counted_on": "loaded model (real weights)",
                 "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
                 "weights": _arg(args, kwargs, 1, "weights")}
