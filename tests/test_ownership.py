@@ -193,3 +193,14 @@ def test_model_code_never_runs_without_the_flag(tmp_path, tiny_roberta_dir, tiny
     assert "--trust-remote-code" in res.output and "custom-model" in res.output
     assert "[y/N]" not in res.output
     assert not marker.exists()
+
+
+def test_a_broken_teacher_run_is_refused_before_the_run_folder_is_made(tmp_path):
+    teacher = tmp_path / "teacher"
+    (teacher / "model").mkdir(parents=True)
+    (teacher / "model" / "adapter_config.json").write_text('{"peft_type": "LORA"}')  # no config.yaml, no weights
+    res = _run(["run", str(REPO / "configs" / "quickstart.yaml"), f"output_dir={tmp_path / 'runs'}",
+                f"augment.select.teacher={teacher}", "augment.lm.enabled=false", "augment.generate.enabled=false",
+                "augment.extra=[src/lorafit/data/sample/train.csv]"])
+    assert res.exit_code == 2 and "no trained model in it" in res.output, res.output
+    assert not (tmp_path / "runs").exists()

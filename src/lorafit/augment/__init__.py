@@ -40,6 +40,7 @@ from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
 from lorafit.io_utils import atomic_write_json, check_ours, lock_folder, mark_ours
+from lorafit.runs import require_trained_run
 from lorafit.precision import inference_precision
 from lorafit.inference import predict_teacher
 
@@ -194,6 +195,8 @@ def check_augment_inputs(cfg: Config, has_target: bool) -> None:
         if local and not Path(teacher).expanduser().exists():
             raise ConfigError(f"config key '{key}': teacher '{teacher}' does not exist; point it at a trained run "
                               "folder (runs/<name>) or a classifier model folder")
+        if local and (Path(teacher).expanduser() / "model").is_dir():  # a lorafit run: complete, before the folder is made
+            require_trained_run(Path(teacher).expanduser())
 
 
 def _has_text(text: str) -> bool:
