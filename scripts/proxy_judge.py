@@ -37,19 +37,15 @@ def split_generated(labels: Sequence[int], per_class: int, seed: int = 0) -> np.
 
 
 def fit_judge(texts: Sequence[str], labels: Sequence[int], num_labels: int, min_df: int = 2):
-    """A bag-of-words multinomial naive Bayes (uniform class prior, Laplace smoothing) trained on
-    the labeled source texts; a scikit-learn pipeline with ``predict_proba``. Every class must
-    occur in ``labels``."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.naive_bayes import MultinomialNB
-    from sklearn.pipeline import make_pipeline
+    """lorafit's sample-quality judge (:func:`lorafit.augment.quality.fit_judge`: bag of words,
+    multinomial naive Bayes with a uniform class prior), with every class required in ``labels``:
+    a proxy built from a judge that cannot name a class would be silently one-sided."""
+    from lorafit.augment.quality import fit_judge as quality_judge
 
-    labels = np.asarray(labels)
-    missing = sorted(set(range(num_labels)) - set(labels.tolist()))
+    missing = sorted(set(range(num_labels)) - set(np.asarray(labels).tolist()))
     if missing:
         raise ValueError(f"the judge's training set has no row of class(es) {missing}")
-    judge = make_pipeline(CountVectorizer(lowercase=True, min_df=min_df), MultinomialNB(alpha=1.0, fit_prior=False))
-    return judge.fit(list(texts), labels)
+    return quality_judge(texts, labels, num_labels, min_df=min_df)
 
 
 def corroborated(judge, texts: Sequence[str], labels: Sequence[int]) -> np.ndarray:

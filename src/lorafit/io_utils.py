@@ -245,6 +245,15 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def read_json_or(path: os.PathLike | str, default):
+    """A JSON file's content, or ``default`` when it is missing or unreadable (for optional facts
+    such as a report's sections; results that must not be lost use :func:`lorafit.runs.read_json_file`)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
 def texts_digest(texts) -> str:
     """SHA-1 of a sequence of texts (order included): which texts saved results were computed for."""
     import hashlib

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lorafit.config import flatten
-from lorafit.io_utils import atomic_write_bytes, atomic_write_text, texts_digest
+from lorafit.io_utils import atomic_write_bytes, atomic_write_text, read_json_or, texts_digest
 from lorafit.metrics import distribution
 import lorafit.runs as runs
 from lorafit.runs import RunFacts, RunMetrics, read_metrics, read_target_probs
@@ -235,13 +235,6 @@ def lengths_figure(lengths: dict[str, list[int]]):
 # ------------------------------------------------------------------ reading a run folder
 
 
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
 def read_run(run_dir: Path | str) -> dict:
     """The facts of a run folder: ``metrics`` (:class:`RunMetrics`, None when the run has not
     finished), ``config`` (the raw dict, {} when absent), ``cfg`` (the validated Config, or None)
@@ -269,7 +262,7 @@ def read_run(run_dir: Path | str) -> dict:
         except ConfigError as e:  # e.g. a run written by an older lorafit with other keys
             log.info("%s/config.yaml does not load with this lorafit (%s); the report shows it as written", run_dir, e)
     return {"dir": run_dir, "metrics": metrics, "config": config, "cfg": cfg,
-            "history": _read_json(run_dir / runs.TRAIN_LOG, [])}
+            "history": read_json_or(run_dir / runs.TRAIN_LOG, [])}
 
 
 def _labels(run: dict) -> list[str]:

@@ -4,20 +4,13 @@ perplexity before and after), how fast it wrote, and how good the samples are.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from lorafit.io_utils import read_json_or
 from lorafit.report_page import esc, num, pct, secs, table
 import lorafit.runs as runs
 from lorafit.runs import RunFacts
-
-
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
 
 
 def generator_facts(run_dir: Path, cfg, metrics: Optional[RunFacts]) -> Optional[dict]:
@@ -26,10 +19,10 @@ def generator_facts(run_dir: Path, cfg, metrics: Optional[RunFacts]) -> Optional
     speed, and the quality measures of the generated and ``augment.extra`` samples. None when the
     run generated nothing and measured no extra samples."""
     lm_dir = Path(cfg.augment.lm.output) if cfg is not None and cfg.augment.lm.output else run_dir / runs.LM
-    adapt = _read_json(lm_dir / runs.TRAIN_LOG, {})
-    manifest = _read_json(run_dir / runs.SYNTHETIC / "manifest.json", {})
+    adapt = read_json_or(lm_dir / runs.TRAIN_LOG, {})
+    manifest = read_json_or(run_dir / runs.SYNTHETIC / "manifest.json", {})
     quality = ((metrics.augment.get("quality") if metrics else None)
-               or _read_json(run_dir / runs.AUGMENT_REPORT, {}).get("quality") or {})
+               or read_json_or(run_dir / runs.AUGMENT_REPORT, {}).get("quality") or {})
     if not (adapt or manifest or quality):
         return None
     # the samples came from the adapted LM unless augment.generate.model named another: then its

@@ -20,7 +20,6 @@ step writes its output under the run folder and is skipped or resumed when it is
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,7 +38,7 @@ from lorafit.text import synonym_finder
 from lorafit.config import CleanConfig, Config, ConfigError
 from lorafit.data.io import load_labeled
 from lorafit.data.prepare import clean_dataset
-from lorafit.io_utils import atomic_write_json, check_ours, lock_folder, mark_ours
+from lorafit.io_utils import atomic_write_json, check_ours, lock_folder, mark_ours, read_json_or
 from lorafit.runs import require_trained_run
 from lorafit.precision import inference_precision
 from lorafit.inference import predict_teacher
@@ -206,14 +205,9 @@ def _has_text(text: str) -> bool:
 def generator_summary(cfg: Config, run_dir: Path) -> dict:
     """Name, license and size of the LM that wrote this run's samples, and the held-out target
     perplexity before and after its adaptation (from synthetic/manifest.json and the LM's train_log.json)."""
-    def read(path: Path) -> dict:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    adapted = read(lm_output_dir(cfg, run_dir) / "train_log.json") if not cfg.augment.generate.model else {}
-    gen = adapted.get("generator") or read(Path(run_dir) / "synthetic" / "manifest.json").get("generator") or {}
+    adapted = read_json_or(lm_output_dir(cfg, run_dir) / "train_log.json", {}) if not cfg.augment.generate.model else {}
+    gen = (adapted.get("generator") or read_json_or(Path(run_dir) / "synthetic" / "manifest.json", {}).get("generator")
+           or {})
     return {**{k: gen.get(k) for k in ("name", "model", "base_model", "source", "license", "parameters")},
             **({"adapted": adapted.get("method"), "heldout_perplexity": adapted.get("heldout_perplexity")}
                if adapted else {})}
