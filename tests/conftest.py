@@ -129,6 +129,7 @@ def tiny_overrides(model_dir: Path, csvs: dict, run_root: Path, **extra) -> list
     ov = {
         "name": "tiny", "output_dir": str(run_root),
         "data.source": str(csvs["train"]), "data.validation": str(csvs["dev"]), "data.target": str(csvs["target"]),
+        "data.labels": "[World,Sports,Business,Sci/Tech]",  # the tiny sets' ids 0..3 (null: "0".."3" inferred)
         "model.name": str(model_dir), "model.max_length": 32, "model.attn_implementation": "eager",
         "lora.r": 4, "lora.lora_alpha": 8, "lora.target_modules": "[query,value]", "lora.bias": "none",
         "lora.modules_to_save": "null",

@@ -18,7 +18,7 @@ def test_defaults_without_a_file():
     cfg = load_config()
     assert cfg == Config()
     assert cfg.run_dir == Path("runs") / "run"
-    assert cfg.data.labels == ["World", "Sports", "Business", "Sci/Tech"]
+    assert cfg.data.labels is None  # inferred from data.source when a run loads it
 
 
 def test_load_yaml_file(tmp_path):

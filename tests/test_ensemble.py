@@ -106,8 +106,8 @@ def test_adapters_have_their_own_seeds_and_weights(ens):
 def test_a_new_adapter_draws_its_own_head(tiny_roberta_dir, tmp_path):
     """A head the checkpoint lacks (3 classes where it has 4: out_proj is new) is drawn from the
     adapter's seed; the head weights the checkpoint holds (dense) are copied."""
-    cfg = load_config(None, [*tiny_overrides(tiny_roberta_dir, _csvs(tmp_path), tmp_path / "runs"),
-                             "data.labels=[a,b,c]"])
+    cfg = load_config(None, tiny_overrides(tiny_roberta_dir, _csvs(tmp_path), tmp_path / "runs",
+                                           **{"data.labels": "[a,b,c]"}))
     model, new_weights = build_model(cfg)
     assert new_weights == {"classifier.out_proj.weight", "classifier.out_proj.bias"}
     add_adapter(cfg.model_copy(update={"seed": cfg.seed + 1000}), model, "adapter-1", new_weights)

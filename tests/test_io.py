@@ -495,3 +495,71 @@ def test_max_train_samples_is_an_exact_cap(tmp_path, cap):
     assert len(prep.train) == cap
     counts = prep.stats["train_label_counts"]
     assert sum(counts) == cap and max(counts) - min(counts) <= 1
+
+
+# ------------------------------------------------------------------ labels inferred (data.labels null)
+
+
+def test_labels_inferred_from_names_ids_and_a_class_label_feature(tmp_path):
+    """data.labels null: a column of names gives its distinct names sorted (names differing only in
+    case are one class, as labels map case-insensitively); integer ids (a CSV's digits, a Parquet
+    file's ints) give "0".."max"; a datasets ClassLabel feature gives its names."""
+    from lorafit.data import read_labeled
+
+    names = write_csv(tmp_path / "names.csv", [{"text": f"t{i}", "label": y} for i, y in
+                                               enumerate(["pos", "neg", " Pos", "neutral", "neg"])])
+    ds, labels = read_labeled(str(names))
+    assert labels == ["neg", "neutral", "pos"] and ds["label"] == [2, 0, 2, 1, 0]
+    ds, labels = read_labeled(str(write_csv(tmp_path / "ids.csv", [{"text": TEXTS[i], "label": y}
+                                                                   for i, y in enumerate(IDS)])))
+    assert labels == ["0", "1", "2", "3"] and ds["label"] == IDS
+    _df().to_parquet(tmp_path / "ids.parquet")
+    assert read_labeled(str(tmp_path / "ids.parquet"))[1] == ["0", "1", "2", "3"]
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 1]}, features=features).save_to_disk(
+        str(tmp_path / "hub"))
+    assert read_labeled(str(tmp_path / "hub"))[1] == ["neg", "pos"]  # the feature's names, both, not the data's one
+    assert read_labeled(str(names), labels=["pos", "neg", "neutral"])[1] == ["pos", "neg", "neutral"]  # given: as is
+
+
+@pytest.mark.parametrize("values, says", [
+    (["pos", "neg", 1], "row 2 (line 4 of the file) has label '1', an integer id, but row 0 (line 2 of the file) has "
+                        "'pos', a class name"),
+    ([0, 1, "neg"], "row 2 (line 4 of the file) has label 'neg', a class name, but row 0 (line 2 of the file) has '0'"),
+    (["pos", "", "neg"], "row 1 (line 3 of the file) has no label (empty cell)"),
+    ([0, -1, 1], "row 1 (line 3 of the file) has label '-1', neither a class name nor an id"),
+    ([1, 2, 2], "the integer labels go up to 2, but no row has label 0"),
+])
+def test_labels_that_cannot_be_inferred_are_one_line_naming_file_and_row(tmp_path, values, says):
+    from lorafit.data import read_labeled
+
+    p = write_csv(tmp_path / "mixed.csv", [{"text": f"text {i}", "label": v} for i, v in enumerate(values)])
+    with pytest.raises(DataError) as e:
+        read_labeled(str(p))
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and says in msg and "set data.labels" in msg and "\n" not in msg
+
+
+def test_resolve_labels_fills_the_config_and_checks_the_prior(tmp_path):
+    from lorafit.config import ConfigError
+    from lorafit.data import resolve_labels
+
+    src = write_csv(tmp_path / "src.csv", [{"text": f"t{i}", "label": y} for i, y in enumerate("bacbac")])
+    cfg = _cfg(tmp_path, f"data.source={src}")
+    assert cfg.data.labels is None and resolve_labels(cfg).data.labels == ["a", "b", "c"]
+    given = _cfg(tmp_path, f"data.source={src}", "data.labels=[c,b,a]")
+    assert resolve_labels(given) is given
+    prep = prepare_data(_cfg(tmp_path, f"data.source={src}", "data.val_fraction=0.5"))
+    assert prep.labels == ["a", "b", "c"] and prep.stats["labels_inferred"] is True
+    assert prep.config(cfg).data.labels == ["a", "b", "c"]
+    with pytest.raises(ConfigError) as e:  # a prior of 2 classes for the 3 inferred
+        resolve_labels(_cfg(tmp_path, f"data.source={src}", "predict.prior=[0.5,0.5]"))
+    assert str(e.value) == (f"config key 'predict.prior': has 2 proportions but data.labels has 3 classes (data.labels "
+                            f"is not set: inferred from data.source '{src}' as ['a', 'b', 'c']); set data.labels")
+    with pytest.raises(DataError) as e:  # a source that cannot be read: the one line says why it was read
+        resolve_labels(_cfg(tmp_path, "data.source=lorafit-test/no-such-set"))
+    msg = str(e.value)
+    assert msg.startswith("data.labels is not set, and the class names could not be read from data.source: could "
+                          "not load the Hub dataset 'lorafit-test/no-such-set'") and msg.endswith("Or set data.labels.")
+    assert "\n" not in msg

@@ -18,6 +18,7 @@ from conftest import tiny_labeled_rows, tiny_overrides, write_csv
 from lorafit.config import load_config
 
 LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
+LABELS = "data.labels=[World,Sports,Business,Sci/Tech]"  # a config with no data to infer them from
 NO_AUGMENT = ["augment.synonyms.enabled=false", "augment.lm.enabled=false", "augment.generate.enabled=false",
               "selftrain.enabled=false"]
 LEARNABLE = {"train.epochs": 6, "train.learning_rate": 0.02, "train.warmup_ratio": 0.0}
@@ -148,7 +149,7 @@ def test_minilm_adapter_names_the_hub_id_and_loads_offline_without_the_package(t
 
     cache = tmp_path / "hf-cache"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    cfg = load_config(None, [*NO_AUGMENT, "model.name=minilm", "model.max_length=32", "lora.r=2",
+    cfg = load_config(None, [*NO_AUGMENT, "model.name=minilm", "model.max_length=32", "lora.r=2", LABELS,
                              "lora.target_modules=[query,value]", "lora.modules_to_save=[classifier]",
                              f"output_dir={tmp_path}", "name=m"])
     torch.manual_seed(0)
@@ -202,17 +203,49 @@ def test_export_merged_loads_in_pipeline_and_agrees_with_lorafit_predict(tiny_ru
     assert result.exit_code == 2 and "did not write" in result.output
 
 
-def test_export_onnx_says_what_it_needs(tiny_run, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is not None:
-        pytest.skip("onnxruntime installed: the export itself is checked against torch's logits")
+def test_export_onnx_gives_the_torch_logits(tiny_run, tmp_path):
+    """``export --merged DIR --onnx``: DIR/model.onnx (inputs input_ids and attention_mask of any batch
+    and length) gives, under onnxruntime, the merged torch model's logits on texts of other lengths
+    than the export traced, padded; the onnx extra is installed with the test extra, so this never skips."""
+    import numpy as np
+    import onnxruntime
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from typer.testing import CliRunner
 
     from lorafit.cli import app
 
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(out), "--onnx"])
+    assert result.exit_code == 0, result.output
+    assert f"and {out / 'model.onnx'} (max |logit difference| vs torch" in result.stdout
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    texts = [TEXTS[0], TEXTS[5] + " " + TEXTS[9], "Shares", *TEXTS[10:13]]  # 6 rows, padded to the longest
+    batch = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+    assert batch["attention_mask"].min() == 0  # some rows are padded
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    got = session.run(["logits"], {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert [model.config.id2label[i] for i in got.argmax(1)] == [model.config.id2label[i] for i in ref.argmax(1)]
+
+
+def test_export_onnx_without_its_packages_is_one_line(tiny_run, tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as if onnx and onnxruntime were not installed
+                        lambda name, *a: None if name in ("onnx", "onnxruntime") else find_spec(name, *a))
     result = CliRunner().invoke(app, ["export", str(tiny_run), "--merged", str(tmp_path / "m"), "--onnx"])
-    assert result.exit_code == 2 and "pip install onnx onnxruntime" in result.output
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("error: --onnx needs the package(s) onnx, onnxruntime, which are not installed: pip install "
+                             "onnx onnxruntime (or pip install 'lorafit[onnx]')\n")
     assert not (tmp_path / "m").exists()
 
 
@@ -390,3 +423,102 @@ def test_adapter_card_metadata_is_model_card_data():
     assert data["trainable_parameter_budget"] == {"max_trainable": 1_000_000}
     local = ModelCard(model_card(load_config(None, ["data.source=/data/train.csv"]))).data.to_dict()
     assert "datasets" not in local and "/data/train.csv" not in str(local)
+
+
+# ------------------------------------------------------------------ labels inferred from the data
+
+
+def test_a_run_infers_its_labels_writes_and_states_them(tiny_roberta_dir, tmp_path):
+    """data.labels null and class names in the data: the run infers them once (sorted), writes them
+    into its config.yaml (so load, predict and reruns see them) and says so in its summary; `lorafit
+    budget` counts the head from the data too; a prior of another length is one line before any
+    run folder; a rerun whose data bring other labels is refused by the adapter-shape check."""
+    from typer.testing import CliRunner
+
+    import lorafit
+    from lorafit.cli import app
+    from lorafit.errors import RunConflictError
+    from lorafit.runs import check_run_dir
+
+    names = {0: "world", 1: "sports", 2: "business", 3: "tech"}
+    named = {k: write_csv(tmp_path / f"{k}.csv", [{"text": r["text"], "label": names[r["label"]]}
+                                                  for r in tiny_labeled_rows(n)]) for k, n in (("train", 6), ("dev", 2))}
+    csvs = {**named, "target": write_csv(tmp_path / "target.csv", [{"text": t} for t in TEXTS])}
+    def with_labels(labels: str) -> list[str]:
+        return [*NO_AUGMENT, *tiny_overrides(tiny_roberta_dir, csvs, tmp_path / "runs", **{"data.labels": labels})]
+
+    overrides = with_labels("null")
+    config = tmp_path / "exp.yaml"
+    config.write_text("seed: 42\n")
+    inferred = ["business", "sports", "tech", "world"]
+
+    result = CliRunner().invoke(app, ["budget", str(config), *overrides])
+    assert result.exit_code == 0, result.output
+    explicit = CliRunner().invoke(app, ["budget", str(config), *with_labels("[a,b,c,d]")])
+    assert result.stdout == explicit.stdout and f"labels inferred from data.source '{named['train']}': " \
+        f"{inferred}" in result.stderr
+
+    result = CliRunner().invoke(app, ["run", str(config), *overrides, "predict.prior=[0.5,0.5]"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == "error: config key 'predict.prior': has 2 proportions but data.labels " \
+        f"has 4 classes (data.labels is not set: inferred from data.source '{named['train']}' as {inferred}); set " \
+        "data.labels"
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+    run = lorafit.run(config, **dict(o.split("=", 1) for o in overrides))
+    assert f"- labels inferred from data.source: {inferred}\n" in run.summary
+    assert run.config.data.labels == inferred == load_config(run.run_dir / "config.yaml").data.labels
+    assert json.loads((run.run_dir / "model" / "labels.json").read_text())["id2label"]["3"] == "world"
+    assert lorafit.load(run.run_dir).labels == inferred
+    assert set(CliRunner().invoke(app, ["predict", str(run.run_dir), "--text", TEXTS[0]]).stdout.split()) <= set(inferred)
+
+    again = load_config(config, overrides)  # labels still null: compared once the data is read
+    assert check_run_dir(again) == run.run_dir
+    with pytest.raises(RunConflictError, match=r"another adapter shape \(data.labels \['business', 'sports', 'tech', "
+                                               r"'world'\] -> \['0', '1', '2', '3'\]\)"):
+        check_run_dir(load_config(config, with_labels("['0','1','2','3']")))
+
+
+# ------------------------------------------------------------------ -q and -v on every command
+
+
+def test_every_command_takes_quiet_and_verbose():
+    import typer
+
+    from lorafit.cli import app
+
+    for name, command in typer.main.get_command(app).commands.items():
+        flags = {tuple(sorted(p.opts)): p.help for p in command.params}
+        assert ("--quiet", "-q") in flags and ("--verbose", "-v") in flags, f"lorafit {name}"
+
+
+def test_quiet_and_verbose_mean_the_same_on_every_command(tiny_run, tmp_path):
+    """stderr: INFO lines by default, warnings and errors only with -q, DEBUG lines too with -v
+    (predict, budget and compare here; the options come from one place, @guarded); the result on
+    stdout is the same."""
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app
+
+    runner = CliRunner()
+    em = ["predict", str(tiny_run), "--prior", "em", "--no-reuse-probs", "-o", str(tmp_path / "sub.csv")]
+    for args in (em, ["predict", str(tiny_run), "--text", TEXTS[0]], ["budget", str(tiny_run / "config.yaml")],
+                 ["compare", str(tiny_run), str(tiny_run), "--json"]):
+        default, quiet, verbose = (runner.invoke(app, [*args, *flag]) for flag in ([], ["-q"], ["--verbose"]))
+        for result in (default, quiet, verbose):
+            assert result.exit_code == 0, (args, result.output)
+        assert default.stdout == quiet.stdout == verbose.stdout, args
+        assert " DEBUG " not in default.stderr and " INFO " not in quiet.stderr and " DEBUG " not in quiet.stderr
+        assert f" DEBUG lorafit.cli: lorafit {lorafit_version()} (Python " in verbose.stderr, args
+    default, quiet = (runner.invoke(app, [*em, *flag]) for flag in ([], ["--quiet"]))
+    assert " INFO lorafit.predict: prior em: " in default.stderr and quiet.stderr == ""
+    verbose = runner.invoke(app, ["predict", str(tiny_run), "--text", TEXTS[0], "-v"])
+    assert f" DEBUG lorafit.model: loaded run {tiny_run}: base " in verbose.stderr
+    both = runner.invoke(app, ["predict", str(tiny_run), "--text", TEXTS[0], "-q", "-v"])
+    assert both.exit_code == 2 and both.stderr == "error: -q/--quiet and -v/--verbose: choose one\n"
+
+
+def lorafit_version() -> str:
+    from lorafit import __version__
+
+    return __version__

@@ -22,7 +22,8 @@ TEXTS = [t * (1 + i % 4) for i, t in enumerate(TEXTS)]
 def tiny_model(tiny_roberta_dir, tmp_path):
     cfg = load_config(None, [f"model.name={tiny_roberta_dir}", "model.max_length=64", "lora.r=4",
                              "lora.target_modules=[query,value]", "lora.modules_to_save=null",
-                             "model.attn_implementation=eager", f"output_dir={tmp_path}"])
+                             "model.attn_implementation=eager", f"output_dir={tmp_path}",
+                             "data.labels=[World,Sports,Business,Sci/Tech]"])
     model = build_model(cfg).model
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a non-zero adapter, so that merging it changes the base weights

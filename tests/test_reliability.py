@@ -169,7 +169,8 @@ def _prepare(tmp_path, rows, **overrides):
     from lorafit.data import prepare_data
 
     src = write_csv(tmp_path / "source.csv", rows)
-    ov = {"data.source": str(src), "data.val_fraction": 0.25, "clean.min_words": 1, **overrides}
+    ov = {"data.source": str(src), "data.val_fraction": 0.25, "clean.min_words": 1,
+          "data.labels": "[World,Sports,Business,Sci/Tech]", **overrides}
     return prepare_data(load_config(None, [f"{k}={v}" for k, v in ov.items()]))
 
 

@@ -255,7 +255,7 @@ def test_search_refuses_before_anything_runs(tiny_roberta_dir, tmp_path):
 
 def test_budget_fit_ranks_are_the_largest_that_fit(tiny_roberta_dir, tmp_path):
     cfg = load_config(None, [f"model.name={tiny_roberta_dir}", f"budget.max_trainable={BUDGET}",
-                             "lora.modules_to_save=null", "model.max_length=32"])
+                             "lora.modules_to_save=null", "model.max_length=32", "data.labels=[a,b,c,d]"])
     fit = fit_ranks(cfg)
     labels = [r["target_modules"] for r in fit["rows"]]
     assert labels[:4] == ["query,value", "query,key,value", "attention (q,k,v,out)", "attention + feed-forward"]
@@ -271,7 +271,7 @@ def test_budget_fit_ranks_are_the_largest_that_fit(tiny_roberta_dir, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({"model": {"name": str(tiny_roberta_dir), "max_length": 32},
                                     "budget": {"max_trainable": BUDGET},
-                                    "lora": {"modules_to_save": None}}))
+                                    "lora": {"modules_to_save": None}, "data": {"labels": ["a", "b", "c", "d"]}}))
     out = CliRunner().invoke(app, ["budget", "--fit", str(path)])
     assert out.exit_code == 0, out.output
     first = fit["rows"][0]

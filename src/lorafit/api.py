@@ -100,6 +100,7 @@ def run_config(cfg: Config, fresh: bool = False, command: str = "",
         adopt_library_loggers()
         timer = StageTimer()  # seconds per stage, from the data stage on (metrics.json stage_seconds)
         data = prepare_data(cfg)  # bad data fails here, before the model stack (torch, peft) is imported
+        cfg = data.config(cfg)  # data.labels inferred from the source when the config gives none
         timer.lap("data")
         from lorafit.pipeline import run as run_pipeline, summary
 

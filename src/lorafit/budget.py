@@ -104,7 +104,8 @@ def count_parameters(model, max_trainable: int) -> BudgetReport:
 
 def count_budget(cfg: Config) -> BudgetReport:
     """Build the LoRA model on the meta device from its config and count parameters: one adapter's,
-    times the adapters the run's model averages (:attr:`lorafit.config.Config.predictor_adapters`)."""
+    times the adapters the run's model averages (:attr:`lorafit.config.Config.predictor_adapters`).
+    The head has a row per class: ``data.labels``, or when null those of ``data.source``."""
     report = count_parameters(build_model(cfg, weights=False).model, cfg.budget.max_trainable)
     return report.times(cfg.predictor_adapters) if cfg.predictor_adapters > 1 else report
 
@@ -212,6 +213,10 @@ def fit_ranks(cfg: Config, biases: tuple[str, ...] = ("none", "all")) -> dict:
     """For each target_modules choice and bias setting: the largest lora.r within
     ``budget.max_trainable`` and its exact trainable count (meta-device counts only; the other
     lora keys, the head and ``modules_to_save`` as in ``cfg``)."""
+    if cfg.data.labels is None:  # inferred from data.source once, not per count
+        from lorafit.data import resolve_labels
+
+        cfg = resolve_labels(cfg)
     count_budget(cfg)  # the config as it is counts (or fails), and says once where the model config came from
     model_log = logging.getLogger("lorafit.model")
     level = model_log.level

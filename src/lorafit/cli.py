@@ -9,6 +9,7 @@ and the exit code is 1.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -88,20 +89,37 @@ def _os_error_message(e: OSError) -> str:
     return f"cannot use {where}: {e.strerror or e}"
 
 
-def guarded(command):
-    """A command's body, run with logging set up from its ``verbose``/``quiet`` options (stderr only;
-    progress bars on a terminal only). Every error a user can cause (a :class:`LorafitError`, or a
-    file they named that cannot be read or written) becomes one line on stderr and an exit code (2
-    input, 3 over budget, 130 interrupted), with no traceback. Anything else is a bug and keeps its
-    traceback (exit 1). Nothing heavy is imported here, so a bad config fails before torch loads."""
+# -q/-v, the same on every command: @guarded adds them to each
+QUIET_OPTION = typer.Option(False, "-q", "--quiet", help="log warnings and errors only (a run's run.log still gets "
+                                                         "everything)")
+VERBOSE_OPTION = typer.Option(False, "-v", "--verbose", help="log debug lines too")
+LOG_OPTIONS = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=option)
+               for name, option in (("quiet", QUIET_OPTION), ("verbose", VERBOSE_OPTION))]
 
-    @functools.wraps(command)  # typer reads the command's parameters through the wrapper
+
+def guarded(command):
+    """A command's body, run with logging set up from the ``-q/--quiet`` and ``-v/--verbose``
+    options this decorator gives every command (stderr: INFO lines, -q warnings and errors only, -v
+    debug lines too; progress bars on a terminal only); a command that declares ``quiet`` or
+    ``verbose`` itself gets their values too. Every error a user can cause (a :class:`LorafitError`,
+    or a file they named that cannot be read or written) becomes one line on stderr and an exit
+    code (2 input, 3 over budget, 130 interrupted), with no traceback. Anything else is a bug and
+    keeps its traceback (exit 1). Nothing heavy is imported here, so a bad config fails before torch
+    loads."""
+    signature = inspect.signature(command, eval_str=True)
+    own = set(signature.parameters)
+
+    @functools.wraps(command)  # typer reads the command's parameters through the wrapper's __signature__
     def run_guarded(*args, **kwargs):
         from lorafit.errors import LorafitError
         from lorafit.io_utils import as_disk_full, offline_if_hub_unreachable
         from lorafit.logs import setup_logging
 
-        setup_logging(-1 if kwargs.get("quiet") else 1 if kwargs.get("verbose") else 0)
+        quiet, verbose = (kwargs[k] if k in own else kwargs.pop(k, False) for k in ("quiet", "verbose"))
+        if quiet and verbose:
+            _fail("-q/--quiet and -v/--verbose: choose one")
+        setup_logging(-1 if quiet else 1 if verbose else 0)
+        _log_command()
         offline_if_hub_unreachable()  # an unreachable Hub: fail (or use the cache) at once, not after ~23 s per file
         try:
             return command(*args, **kwargs)
@@ -118,7 +136,21 @@ def guarded(command):
                 raise
             _fail(str(full))
 
+    params = signature.parameters
+    run_guarded.__signature__ = signature.replace(  # -q, -v last, in this order
+        parameters=[*(p for p in params.values() if p.name not in ("quiet", "verbose")),
+                    *(params.get(p.name, p).replace(kind=p.kind) for p in LOG_OPTIONS)])
     return run_guarded
+
+
+def _log_command() -> None:
+    import logging
+    import platform
+
+    from lorafit import __version__
+
+    logging.getLogger("lorafit.cli").debug("lorafit %s (Python %s): %s", __version__, platform.python_version(),
+                                           " ".join(["lorafit", *sys.argv[1:]]))
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
@@ -171,9 +203,7 @@ def run(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_AR
         output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading .pkl data (pickles can run code: trusted sources only)"),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run the Python code a model folder or Hub repo ships (trusted sources only)"),
-        fresh: bool = typer.Option(False, "--fresh", help="replace a previous run in the run folder instead of continuing it"),
-        quiet: bool = typer.Option(False, "-q", "--quiet", help="log warnings and errors only (run.log still gets everything)"),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+        fresh: bool = typer.Option(False, "--fresh", help="replace a previous run in the run folder instead of continuing it")):
     """Run every enabled stage of CONFIG into runs/<name>/ and print a summary (stdout: the summary
     alone; log lines go to stderr and to RUN/run.log)."""
     cfg = _load(config, overrides, name, output_dir, allow_pickle, trust_remote_code)
@@ -214,8 +244,7 @@ def search(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES
            name: Optional[str] = typer.Option(None, help="study name and folder under output_dir"),
            output_dir: Optional[str] = typer.Option(None, help="parent folder of runs (default runs/)"),
            allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
-           worker_index: int = typer.Option(0, hidden=True),
-           verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+           worker_index: int = typer.Option(0, hidden=True)):
     """Budget-aware hyperparameter search over the config's search.space (Optuna; resumable)."""
     extra = _overrides(overrides, name, output_dir, allow_pickle)
     from lorafit.search_space import check_space
@@ -239,8 +268,7 @@ def predict(run_dir: Path = typer.Argument(..., help="a trained run folder, e.g.
             prior: Optional[str] = typer.Option(None, help="none | uniform | em | comma-separated proportions"),
             text_column: Optional[str] = typer.Option(None, help="text column of the target set"),
             reuse_probs: bool = typer.Option(True, help="reuse the run's saved target probabilities when the texts match"),
-            allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
-            verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+            allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP)):
     """Write a Kaggle submission (ID,Label) for a target set with a trained run."""
     if text or target == "-":  # single texts or a pipe: class names on stdout, one per line
         from lorafit.api import predict_lines
@@ -278,8 +306,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a trained run folder"),
              prior_fit: str = typer.Option("data", "--prior-fit", help="where the prior's adjustment is fitted: data "
                                            "(this labeled set) | target (the run's saved target probabilities; "
                                            "its per-class factors then re-weight this set, as at submission)"),
-             allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
-             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+             allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP)):
     """Accuracy, macro-F1 and per-class metrics of a trained run on any labeled set."""
     # every path, key and value is checked before the model libraries load (a mistake fails in a second)
     if prior_fit not in ("data", "target"):
@@ -303,7 +330,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
               prior: Optional[str] = typer.Option(None, help="apply a prior to the probabilities first: none | uniform | em | proportions"),
               output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the estimates as JSON here (- for stdout)"),
               allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
-              verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+              verbose: bool = VERBOSE_OPTION):  # -v also draws progress bars for --data
     """Estimate a recipe's accuracy on the unlabeled target set from how often runs of other seeds
     disagree there (1 - mean pairwise disagreement; Jiang et al. 2022). The runs' saved target
     probabilities are used (no model run); --data measures the same estimate's gap on a labeled set."""
@@ -328,8 +355,7 @@ def agreement(run_dirs: List[Path] = typer.Argument(..., help="run folders of on
 
 @app.command("adapt-lm")
 @guarded
-def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG):
     """Fine-tune the causal LM (augment.lm.model) on the config's unlabeled target texts."""
     from lorafit.io_utils import lock_folder
     from lorafit.runs import claim_run_dir
@@ -348,8 +374,7 @@ def adapt_lm(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 
 @app.command()
 @guarded
-def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-             verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG):
     """Generate labeled samples per class from the prompt bank (resumable; splits across processes)."""
     from lorafit.io_utils import lock_folder
     from lorafit.runs import claim_run_dir
@@ -361,6 +386,7 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
     from lorafit.data import prepare_data
 
     data = prepare_data(cfg)
+    cfg = data.config(cfg)  # the prompt bank is keyed by class name: data.labels, or those of the data
     from lorafit.augment import generate_stage
 
     ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world,
@@ -374,8 +400,7 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
 @app.command()
 @guarded
 def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
-           card: bool = typer.Option(True, "--card/--no-card", help="also (re)write the adapter's model card model/README.md"),
-           verbose: bool = typer.Option(False, "-v", "--verbose", help="log debug lines too")):
+           card: bool = typer.Option(True, "--card/--no-card", help="also (re)write the adapter's model card model/README.md")):
     """Write RUN_DIR/report.html: one self-contained page with the results, data, curves and samples of a run."""
     from lorafit.report import read_run, write_model_card, write_report
 

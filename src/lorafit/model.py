@@ -195,8 +195,13 @@ def load_base_model(cfg: Config, weights: bool = True) -> LoadedModel:
 
     With ``weights=False`` it is built on the meta device from its config alone (no download, no
     memory), which is what the budget check uses. A checkpoint with another head size gets a
-    fresh head (the head is always trained).
+    fresh head (the head is always trained). ``data.labels`` null: the classes of ``data.source``
+    (:func:`lorafit.data.resolve_labels`).
     """
+    if cfg.data.labels is None:
+        from lorafit.data import resolve_labels
+
+        cfg = resolve_labels(cfg)
     labels = list(map(str, cfg.data.labels))
     mcfg = load_model_config(cfg.model.name, len(labels), labels, cfg.model.trust_remote_code)
     limit = position_limit(mcfg)
@@ -427,9 +432,12 @@ def load_trained(run_dir: Path | str, merge: Optional[bool] = None) -> TrainedMo
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = _load_adapters(cfg, run_dir, adapter)
+    names = adapter_names(model)
     model, merge_adapters = for_inference(model, inference_precision(cfg),
                                           merge=cfg.predict.merge_lora if merge is None else merge)
     tok = AutoTokenizer.from_pretrained(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg)
+    log.debug("loaded run %s: base %s, adapter(s) %s, classes %s", run_dir, cfg.model.name, names,
+              list(cfg.data.labels))
     return TrainedModel(model, tok, cfg, merge_adapters)
 
 

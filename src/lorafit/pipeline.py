@@ -63,6 +63,9 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
     if is_first_process():  # another process writing this folder: refused now, not after loading
         check_unlocked(run_dir, RUN_FOLDER)
     data = prepared or prepare_data(cfg)  # a bad data file fails here, before the model stack loads
+    if cfg.data.labels is None:  # inferred from the source: the run's config.yaml states them
+        cfg = data.config(cfg)
+        check_run_dir(cfg, fresh)  # a run in the folder trained with other labels
     log.info("data: %s", data.stats)
     timer.lap("data" if prepared is None else "startup")  # startup: the model stack's imports after the CLI's data
     check_augment_inputs(cfg, has_target=data.target is not None and len(data.target) > 0)
@@ -254,6 +257,7 @@ def summary(cfg: Config, m: RunMetrics) -> str:
         f"# lorafit run `{cfg.name}`",
         "",
         f"- model: {cfg.model.name}; LoRA r={cfg.lora.r} alpha={cfg.lora.lora_alpha} on {cfg.lora.target_modules}",
+        *([f"- labels inferred from data.source: {names}"] if m.data.get("labels_inferred") else []),
         f"- trainable params: {b['trainable']:,} of {b['total']:,} (budget {b['max_trainable']:,})",
         f"- train rows: {m.train_rows:,}; validation rows: {m.data['val_rows']:,}",
         f"- validation accuracy: {100 * m.val_accuracy:.2f}%  macro-F1: {100 * m.val_macro_f1:.2f}%",

@@ -266,12 +266,12 @@ def read_run(run_dir: Path | str) -> dict:
 
 
 def _labels(run: dict) -> list[str]:
-    if run["cfg"] is not None:
+    if run["cfg"] is not None and run["cfg"].data.labels is not None:
         return list(map(str, run["cfg"].data.labels))
     per_class = run["metrics"].val.get("per_class") if run["metrics"] else None
     if per_class:
         return list(per_class)
-    return list(map(str, run["config"].get("data", {}).get("labels", [])))
+    return list(map(str, run["config"].get("data", {}).get("labels") or []))
 
 
 def _target_texts(run: dict) -> tuple[Optional[list[str]], str]:

@@ -429,19 +429,21 @@ def render_model_card(cfg, m: RunFacts, generator: str = "") -> str:
 
     results = m if isinstance(m, RunMetrics) else None
 
-    labels = list(map(str, cfg.data.labels))
+    labels = list(map(str, cfg.data.labels or []))  # none yet: a config whose run infers them from its data
+    classes = f"{len(labels)} classes" if labels else "the classes of its data"
     # the front matter is huggingface_hub's ModelCardData: base model, licence, language, datasets, eval results, budget
     front = card_data(cfg, m.to_dict(), "peft").to_yaml()
     lo, tr, a, st = cfg.lora, cfg.train, cfg.augment, cfg.selftrain
     b = m.budget
     n_adapters = ((results and results.ensemble) or {}).get("adapters") or b.get("adapters") or cfg.predictor_adapters
-    what = (f"A LoRA adapter (PEFT) with a classification head for {len(labels)} classes" if n_adapters == 1 else
+    what = (f"A LoRA adapter (PEFT) with a classification head for {classes}" if n_adapters == 1 else
             f"An ensemble of {n_adapters} LoRA adapters (PEFT) on one frozen base, each with its own classification "
-            f"head for {len(labels)} classes (lorafit averages their probabilities)")
+            f"head for {classes} (lorafit averages their probabilities)")
     out = ["---", front.strip(), "---", "",
            f"# {cfg.name}: LoRA text classifier on `{cfg.model.name}`", "",
            f"{what}, trained by lorafit under a trainable-parameter budget.", "",
-           "Labels (id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(labels)), "",
+           ("Labels (id: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(labels)) if labels else
+            "Labels: inferred from the data when the run loads it (data.labels is not set)"), "",
            "## Trainable-parameter budget", ""]
     if b:
         out += ["| parameters | count |", "|---|---:|"]

@@ -95,6 +95,8 @@ def check_run_dir(cfg: Config, fresh: bool = False) -> Path:
         raise RunConflictError(f"run folder '{run_dir}' holds a config this version cannot read ({e}); "
                                "pass --fresh to replace that run, or choose another name=") from None
     changes = {k: v for k, v in config_changes(old, cfg).items() if not _free(k)}
+    if cfg.data.labels is None:  # to be inferred from the data: checked again once they are (lorafit.pipeline.run)
+        changes.pop("data.labels", None)
     shape = {k: (o, n) for k, (o, n) in changes.items()
              if k.startswith(ADAPTER_SHAPE_KEYS) and _shape_value(k, o) != _shape_value(k, n)}
     if shape:

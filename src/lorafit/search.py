@@ -325,6 +325,11 @@ def run_search(config: Optional[Path], overrides: list[str], trials: Optional[in
     first one writes the results and returns them (see :func:`write_results`)."""
     cfg = load_search_config(config, overrides)
     check_space(config, overrides, cfg)
+    if cfg.data.labels is None:  # inferred from the data once: every trial, worker and best.yaml gets them
+        from lorafit.data import resolve_labels
+
+        overrides = [*overrides, f"data.labels={json.dumps(resolve_labels(cfg).data.labels)}"]
+        cfg = load_search_config(config, overrides)
     n_trials = cfg.search.trials if trials is None else trials
     if n_trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {n_trials}")

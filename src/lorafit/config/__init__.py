@@ -10,7 +10,7 @@ fraction of a second.
 """
 
 from lorafit.config.load import (CONSENT_KEYS, MAX_DEPTH, MAX_NODES, describe_error, flatten, load_config,
-                                 merge_overrides, parse_override, save_config)
+                                 merge_overrides, parse_override, save_config, with_labels)
 from lorafit.config.schema import (AG_NEWS_LABELS, MINILM_ALIASES, MINILM_HUB_ID, AugmentConfig, BudgetConfig,
                                    CleanConfig, Config, ConsistencyConfig, DataConfig, DistillConfig,
                                    GenerateConfig, LengthConfig, LMAdaptConfig, LoraSection, ModelConfig,
@@ -25,5 +25,5 @@ __all__ = [
     "DistillConfig", "GenerateConfig", "LMAdaptConfig", "LengthConfig", "LoraSection", "ModelConfig",
     "PredictConfig", "PrunerConfig", "SearchConfig", "SelectConfig", "SelfTrainConfig", "SynonymConfig",
     "TrainConfig", "describe_error", "flatten", "hub_model_id", "load_config", "merge_overrides", "parse_override",
-    "save_config",
+    "save_config", "with_labels",
 ]

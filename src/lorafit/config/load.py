@@ -342,6 +342,21 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: tuple[str, 
         raise translate(e, origin) from None
 
 
+def with_labels(cfg: Config, labels: list[str], where: str) -> Config:
+    """``cfg`` with ``data.labels`` set to ``labels``, which were inferred from ``where`` (e.g.
+    ``data.source 'train.csv'``), validated again (at least two classes, ``predict.prior``'s length).
+    A config that gives its labels is returned as it is."""
+    if cfg.data.labels is not None:
+        return cfg
+    raw = cfg.model_dump()
+    raw["data"]["labels"] = [str(n) for n in labels]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{translate(e, Origins())} (data.labels is not set: inferred from {where} as "
+                          f"{raw['data']['labels']}); set data.labels") from None
+
+
 # Keys that let a file run code (a pickle's payload, a model's own Python). Consent must come from
 # the command itself: a config file, perhaps a run folder someone else wrote, never turns them on.
 CONSENT_KEYS = {"data.allow_pickle": "--allow-pickle", "model.trust_remote_code": "--trust-remote-code"}

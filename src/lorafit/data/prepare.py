@@ -10,9 +10,10 @@ from typing import Optional
 import datasets
 import numpy as np
 
-from lorafit.config import Config
+from lorafit.config import Config, with_labels
 from lorafit.data.clean import clean_text, clip_text, word_count
-from lorafit.data.io import DataError, load_labeled, load_unlabeled
+from lorafit.data.io import (DataError, describe_spec, infer_label_names, load_labeled, load_table, load_unlabeled,
+                             read_labeled)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,12 @@ class PreparedData:
     val: datasets.Dataset
     target: Optional[datasets.Dataset]
     stats: dict = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)  # the class names: data.labels, or inferred from the source
+
+    def config(self, cfg: Config) -> Config:
+        """``cfg`` with the class names of this data in ``data.labels`` (those inferred from the
+        source when the config gives none; ``cfg`` itself when it does)."""
+        return with_labels(cfg, self.labels, f"data.source '{cfg.data.source}'")
 
 
 def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +129,11 @@ def prepare_data(cfg: Config) -> PreparedData:
     source's duplicate rows and texts with conflicting labels are dropped before the split
     (:func:`deduplicate`, counted in ``stats``)."""
     d = cfg.data
-    source = load_labeled(d.source, d.text_column, d.label_column, d.labels, d.source_split, d.allow_pickle)
+    source, labels = read_labeled(d.source, d.text_column, d.label_column, d.labels, d.source_split, d.allow_pickle)
     stats = {"source_rows": len(source)}
+    if d.labels is None:  # the run's config.yaml gets them (PreparedData.config)
+        stats["labels_inferred"] = True
+        log.info("labels inferred from data.source '%s': %s (set data.labels to choose them)", d.source, labels)
     source = clean_dataset(source.add_column("row", list(range(len(source)))), cfg)
     source, dropped = filter_length(source, cfg.clean.min_words, cfg.clean.max_words)
     stats["dropped_by_length"] = dropped
@@ -131,11 +141,11 @@ def prepare_data(cfg: Config) -> PreparedData:
         raise DataError(f"no row of data.source '{d.source}' is left after the length filter: all "
                         f"{stats['source_rows']:,} have fewer than clean.min_words ({cfg.clean.min_words}) or more "
                         f"than clean.max_words ({cfg.clean.max_words}) words; widen that range")
-    source, dedup = deduplicate(source, d.labels, f"data.source '{d.source}'")
+    source, dedup = deduplicate(source, labels, f"data.source '{d.source}'")
     stats.update(dedup)
     if d.validation:
         train = source
-        val = clean_dataset(load_labeled(d.validation, d.text_column, d.label_column, d.labels,
+        val = clean_dataset(load_labeled(d.validation, d.text_column, d.label_column, labels,
                                          "test", d.allow_pickle), cfg)
         in_train = set(train["text"])
         stats["val_rows_in_train"] = sum(t in in_train for t in val["text"])
@@ -153,13 +163,31 @@ def prepare_data(cfg: Config) -> PreparedData:
         stats["target_rows"] = len(target)
         stats["target_empty_texts"] = sum(not t.strip() for t in target["text"])  # predicted from no words
     stats.update(train_rows=len(train), val_rows=len(val),
-                 train_label_counts=label_counts(train, len(d.labels)),
-                 val_label_counts=label_counts(val, len(d.labels)))
-    check_splits(cfg, stats)
-    return PreparedData(train, val, target, stats)
+                 train_label_counts=label_counts(train, len(labels)),
+                 val_label_counts=label_counts(val, len(labels)))
+    check_splits(cfg, stats, labels)
+    return PreparedData(train, val, target, stats, labels)
 
 
-def check_splits(cfg: Config, stats: dict) -> None:
+def resolve_labels(cfg: Config) -> Config:
+    """``cfg`` with ``data.labels`` set: as given, or when null inferred from ``data.source`` (read
+    for it: :func:`lorafit.data.io.infer_label_names`), for what needs the number of classes
+    before a run loads its data (``lorafit budget``, a search's trials, a model built alone).
+    A run infers them once, when it loads its data (:meth:`PreparedData.config`)."""
+    d = cfg.data
+    if d.labels is not None:
+        return cfg
+    try:
+        table = load_table(d.source, split=d.source_split, allow_pickle=d.allow_pickle)
+    except DataError as e:  # e.g. a Hub data set offline: say why it was read
+        raise DataError(f"data.labels is not set, and the class names could not be read from data.source: {e} "
+                        "Or set data.labels.") from None
+    labels = infer_label_names(table, d.label_column, describe_spec(d.source))
+    log.info("labels inferred from data.source '%s': %s (set data.labels to choose them)", d.source, labels)
+    return with_labels(cfg, labels, f"data.source '{d.source}'")
+
+
+def check_splits(cfg: Config, stats: dict, labels: list[str]) -> None:
     """Refuse, before any training, a split that cannot train or be evaluated: no training rows,
     a class with no training row (the model could never predict it, and its prior would be 0),
     or an empty validation set. The messages give the counts."""
@@ -169,7 +197,7 @@ def check_splits(cfg: Config, stats: dict) -> None:
                         f"{stats['dropped_by_length']:,} dropped by clean.min_words/max_words, "
                         f"{stats.get('conflicting_rows_dropped', 0):,} for texts given with conflicting labels); "
                         "loosen the length filter or check data.source")
-    missing = [f"{d.labels[i]!r} (label {i})" for i, n in enumerate(stats["train_label_counts"]) if n == 0]
+    missing = [f"{labels[i]!r} (label {i})" for i, n in enumerate(stats["train_label_counts"]) if n == 0]
     if missing:
         raise DataError(f"the training set from '{d.source}' has no row of class {', '.join(missing)} "
                         f"(rows per class: {stats['train_label_counts']}); every class in data.labels needs "
