@@ -522,3 +522,18 @@ def lorafit_version() -> str:
     from lorafit import __version__
 
     return __version__
+
+
+def test_python_api_load_is_quiet(tiny_run):
+    """``lorafit.load`` in a notebook: the libraries' known noise (PEFT asking transformers for a
+    deprecated name, the offline vocabulary check) is not shown; other warnings still are."""
+    code = ("import sys, warnings; warnings.simplefilter('always'); import lorafit\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            f"    clf = lorafit.load({str(tiny_run)!r}); clf.predict(['a market report'])\n"
+            "print([str(w.message)[:80] for w in caught])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    shown = proc.stdout.strip().splitlines()[-1]
+    assert "deprecated" not in shown and "vocabulary" not in shown, shown

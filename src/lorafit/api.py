@@ -146,10 +146,12 @@ class Classifier:
     applies the run's ``predict.prior`` to a whole target set)."""
 
     def __init__(self, run_dir: PathLike):
+        from lorafit.logs import known_warnings_silenced
         from lorafit.model import load_trained
 
         self.run_dir = Path(run_dir)
-        self.model, self.tokenizer, self.config, self.merge_adapters = load_trained(self.run_dir)
+        with known_warnings_silenced():
+            self.model, self.tokenizer, self.config, self.merge_adapters = load_trained(self.run_dir)
         self.labels: list[str] = list(map(str, self.config.data.labels))
 
     def __repr__(self) -> str:
@@ -157,9 +159,12 @@ class Classifier:
 
     def logits(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         from lorafit.inference import predict_with_config
+        from lorafit.logs import known_warnings_silenced
 
-        return predict_with_config(self.model, self.tokenizer, self.config, [texts] if isinstance(texts, str)
-                                   else list(texts), merge_adapters=self.merge_adapters)
+        with known_warnings_silenced():
+            return predict_with_config(self.model, self.tokenizer, self.config,
+                                       [texts] if isinstance(texts, str) else list(texts),
+                                       merge_adapters=self.merge_adapters)
 
     def predict_proba(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         from scipy.special import softmax

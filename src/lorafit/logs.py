@@ -10,6 +10,7 @@ noise are filtered where they are raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -66,6 +67,16 @@ def setup_logging(verbosity: int = 0) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")  # any other bar (a library's bare tqdm, e.g. GGUF conversion)
     filter_known_warnings()
     adopt_library_loggers()
+
+
+@contextlib.contextmanager
+def known_warnings_silenced():
+    """Within the block, the warnings of :data:`KNOWN_WARNINGS` are not shown; the caller's own
+    warning filters are restored after (the Python API: ``lorafit.load`` in a notebook)."""
+    with warnings.catch_warnings():
+        for message, category in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def filter_known_warnings() -> None:
