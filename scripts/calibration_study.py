@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
@@ -28,7 +29,7 @@ from scipy.special import log_softmax
 import lorafit
 from lorafit.data.io import load_labeled
 from lorafit.predict import label_prior, read_target_probs
-from lorafit.prior import carry_adjustment
+from lorafit.prior import adjust_predictions, reweight
 
 
 def fit_temperature(logp: np.ndarray, labels: np.ndarray) -> float:
@@ -84,19 +85,18 @@ def main() -> None:
         t = fit_temperature(np.log(np.maximum(dev_p, 1e-12)), dev_y)
         target, _ = read_target_probs(run / "target_probs.npz")
         k = target.shape[1]
-        import datasets
         train_prior = label_prior(datasets.load_from_disk(str(run / "data" / "train"))["label"], k)
         print(f"{run}: T = {t:.3f}; dev ECE {ece(dev_p, dev_y):.4f} -> {ece(scaled(dev_p, t), dev_y):.4f}; "
               f"train prior {np.round(train_prior, 3).tolist()}")
         for label, mode, temp in (("none", "none", 1.0), ("uniform", "uniform", 1.0), ("em", "em", 1.0),
                                   ("em after T", "em", t), ("uniform after T", "uniform", t)):
-            row = {"run": str(run), "adjustment": label, "T": round(t, 4)}
-            fit = scaled(target, temp)
+            # fitted once on the target probabilities, carried to each proxy (lorafit.prior.carry_adjustment)
+            _, info = adjust_predictions(scaled(target, temp), mode, train_prior=train_prior)
+            row = {"run": str(run), "adjustment": label, "T": round(t, 4),
+                   "prior": None if info["prior"] is None else [round(x, 4) for x in info["prior"]]}
             for name in proxies:
-                p = scaled(got[f"{name}_probs"], temp)
-                adj, info = carry_adjustment(p, fit, mode, train_prior=train_prior)
+                adj = reweight(scaled(got[f"{name}_probs"], temp), info["class_weights"])
                 row[name] = round(100 * float((adj.argmax(1) == got[f"{name}_labels"]).mean()), 2)
-                row["prior"] = None if info["prior"] is None else [round(x, 4) for x in info["prior"]]
             rows.append(row)
             print("  " + json.dumps(row))
     if a.json:
