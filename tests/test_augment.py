@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 
 import lorafit.augment
-from lorafit.augment import augment_training_data, generate_stage
+from lorafit.augment import augment_training_data, check_augment_inputs, generate_stage
 from lorafit.augment.generate import (
     fit_length_distribution,
     generate_samples,
@@ -620,3 +620,28 @@ def test_augment_training_data_runs_every_step(tiny_lm, tmp_path, no_system_word
     assert (tmp_path / "run" / "lm" / "train_log.json").stat().st_mtime_ns == stamp
     assert merged2["text"] == merged["text"]
 
+
+
+def test_source_openings_bank_from_the_labeled_rows():
+    from lorafit.augment.generate import source_openings
+
+    texts = ["Oil prices rose again on Monday in London", "Oil prices rose again on Tuesday", "The striker scored twice",
+             "Too short", "The striker scored twice in the cup final on Sunday"]
+    bank = source_openings(texts, [0, 0, 1, 1, 1], ["Business", "Sports"], words=3)
+    assert bank == {0: ["Oil prices rose"], 1: ["The striker scored"]}  # distinct; rows under 5 words unused
+    with pytest.raises(DataError, match=r"class\(es\) \['Business'\].*opening_words"):
+        source_openings(texts, [0, 0, 1, 1, 1], ["Business", "Sports"], words=7)
+
+
+def test_generate_stage_opens_samples_with_source_rows(tiny_lm, tmp_path):
+    cfg = Config(data=DataConfig(labels=["World", "Sports"]), train=TrainConfig(seed=5, precision="fp32"),
+                 augment=AugmentConfig(generate=GenerateConfig(
+                     enabled=True, model=str(tiny_lm), prompts="source", opening_words=3, keep_prompt=True,
+                     per_class=4, batch_size=4, length=LengthConfig(mode="given", a=0.0, loc=8, scale=1, max_words=12))))
+    texts, labels = CORPUS[:6], [1, 0, 0, 0, 1, 0]
+    check_augment_inputs(cfg, has_target=False)  # no bank file to read
+    ds = generate_stage(cfg, texts, tmp_path / "run", train_labels=labels)
+    openings = {(" ".join(t.split()[:3]), y) for t, y in zip(texts, labels) if len(t.split()) >= 5}
+    assert len(ds) == 8 and sorted(set(ds["label"])) == [0, 1]
+    for row in ds:
+        assert (row["prompt"], row["label"]) in openings and row["text"].startswith(row["prompt"])

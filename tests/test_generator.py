@@ -14,7 +14,7 @@ import torch
 from lorafit.augment.causal_lm import describe_causal_lm, load_causal_lm, resolve_causal_lm
 from lorafit.augment.generate import encode_prompts
 from lorafit.augment.lm_adapt import adapt_language_model, split_heldout
-from lorafit.augment.quality import distinct_n, fit_judge, sample_quality
+from lorafit.augment.quality import distinct_n, fit_judge, sample_quality, target_separability
 from lorafit.augment.sampling import sample
 from lorafit.errors import ModelError
 
@@ -202,6 +202,18 @@ def test_quality_measures_on_a_known_set():
     assert q["teacher_fidelity"] == 0.5
     assert q["near_duplicate_rate"] == 0.25  # the repeated striker text
     assert q["words"]["median"] == 5.5 and q["target_words"]["mean"] == 6.0 and 0 < q["length_ks"] <= 1
+
+
+def test_target_separability_tells_foreign_style_from_the_targets_own():
+    rng = np.random.default_rng(0)
+    sport, money = ["goal", "match", "striker", "league", "coach", "win"], ["bank", "rates", "shares", "profit", "stock", "bond"]
+    draw = lambda words, n: [" ".join(rng.choice(words, 8)) for _ in range(n)]
+    target = draw(sport, 200)
+    assert target_separability(draw(sport, 200), target) < 0.65     # the same kind of text: near chance
+    assert target_separability(draw(money, 200), target) > 0.95     # another vocabulary: always told apart
+    assert np.isnan(target_separability(draw(sport, 3), target))    # too few to cross-validate
+    q = sample_quality(draw(money, 50), [0] * 50, fit_judge(target, [0] * 200, 1), target_texts=target)
+    assert q["target_separability"] > 0.95
 
 
 def test_distinct_n():

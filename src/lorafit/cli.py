@@ -390,7 +390,8 @@ def generate(config: Path = CONFIG_ARG, overrides: Optional[List[str]] = OVERRID
     from lorafit.augment import generate_stage
 
     ds = generate_stage(cfg, data.train["text"], cfg.run_dir, rank=rank, world_size=world,
-                        target_texts=data.target["text"] if data.target is not None else ())
+                        target_texts=data.target["text"] if data.target is not None else (),
+                        train_labels=data.train["label"])
     if ds is None:  # this process finished its shards; another one assembles the set
         typer.echo(f"rank {rank}/{world}: shards done; the last process to finish writes samples.jsonl")
     else:

@@ -43,6 +43,7 @@ QUALITY_ROWS = [("judge_fidelity", "label fidelity: an independent judge agrees 
                 ("distinct_2", "distinct-2 (unique word pairs / pairs)", lambda v: f"{v:.3f}"),
                 ("near_duplicate_rate", "near duplicates", pct),
                 ("length_ks", "length distance to the target texts (KS)", lambda v: f"{v:.3f}"),
+                ("target_separability", "told from the target texts (AUC; 0.5 = alike)", lambda v: f"{v:.3f}"),
                 ("empty", "empty samples", num)]
 
 

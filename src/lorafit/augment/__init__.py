@@ -28,7 +28,8 @@ import datasets
 import numpy as np
 from scipy.special import softmax
 
-from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, sample_lengths
+from lorafit.augment.generate import (SOURCE_PROMPTS, fit_length_distribution, generate_samples, load_prompt_bank,
+                                     sample_lengths, source_openings)
 from lorafit.augment.lm_adapt import adapt_language_model, pack_texts
 from lorafit.augment.quality import fit_judge, sample_quality
 from lorafit.augment.select import select_samples
@@ -121,16 +122,27 @@ def generation_model(cfg: Config, run_dir: Path) -> str:
     )
 
 
+def prompt_bank(cfg: Config, train_texts: Sequence[str] = (), train_labels: Sequence[int] = ()) -> dict[int, list[str]]:
+    """The prompts per class: the YAML bank of ``augment.generate.prompts``, or with ``source`` the
+    openings of the labeled training rows (``train_texts``/``train_labels``)."""
+    g, names = cfg.augment.generate, [str(label) for label in cfg.data.labels]
+    if g.prompts == SOURCE_PROMPTS:
+        return source_openings(train_texts, train_labels, names, g.opening_words)
+    return load_prompt_bank(g.prompts, names)
+
+
 def generate_stage(cfg: Config, train_texts: Sequence[str], run_dir: Path, rank: int = 0,
-                   world_size: int = 1, target_texts: Sequence[str] = ()) -> Optional[datasets.Dataset]:
+                   world_size: int = 1, target_texts: Sequence[str] = (),
+                   train_labels: Sequence[int] = ()) -> Optional[datasets.Dataset]:
     """Generate ``augment.generate.per_class`` samples per class into ``<run_dir>/synthetic``.
 
     Target lengths follow a skew-normal fitted to ``train_texts`` (``length.mode: fit``) or the
-    configured parameters. Returns None for a rank whose peers have not finished (see
-    :func:`generate_samples`).
+    configured parameters; with ``prompts: source`` the samples open with ``train_texts``' first
+    words (``train_labels`` their classes). Returns None for a rank whose peers have not finished
+    (see :func:`generate_samples`).
     """
     g = cfg.augment.generate
-    bank = load_prompt_bank(g.prompts, [str(label) for label in cfg.data.labels])
+    bank = prompt_bank(cfg, train_texts, train_labels)
     if g.length.mode in ("fit", "fit_target"):
         texts = list(train_texts) if g.length.mode == "fit" else list(target_texts)
         if not texts:
@@ -183,7 +195,7 @@ def check_augment_inputs(cfg: Config, has_target: bool) -> None:
     if a.lm.enabled and not has_target:
         raise ConfigError("config key 'augment.lm.enabled' needs the unlabeled target texts; set data.target, "
                           "or disable augment.lm.")
-    if a.generate.enabled:
+    if a.generate.enabled and a.generate.prompts != SOURCE_PROMPTS:
         load_prompt_bank(a.generate.prompts, [str(label) for label in cfg.data.labels])
     for spec in a.extra:
         load_labeled(spec, labels=cfg.data.labels, allow_pickle=cfg.data.allow_pickle)
@@ -268,7 +280,8 @@ def augment_training_data(cfg: Config, train: datasets.Dataset, target: Optional
 
     pool = []
     if a.generate.enabled:
-        synth = generate_stage(cfg, train_texts, run_dir, target_texts=target["text"][:] if target is not None else ())
+        synth = generate_stage(cfg, train_texts, run_dir, target_texts=target["text"][:] if target is not None else (),
+                               train_labels=base["label"][:])
         rows["synthetic_generated"] = len(synth)
         report["paths"]["synthetic"] = str(run_dir / "synthetic")
         report["generator"] = generator_summary(cfg, run_dir)

@@ -97,6 +97,32 @@ def load_prompt_bank(path: os.PathLike | str, label_names: Sequence[str]) -> dic
     return dict(sorted(bank.items()))
 
 
+SOURCE_PROMPTS = "source"
+
+
+def source_openings(texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str],
+                    words: int) -> dict[int, list[str]]:
+    """A prompt bank of openings: the first ``words`` words of every labeled text with at least
+    ``words + 2`` words, by class (distinct, in the data's order). The label of a text is the label
+    of its opening, so the bank needs no hand-written prompts and has as many openings as rows."""
+    bank: dict[int, list[str]] = {}
+    seen: set[tuple[int, str]] = set()
+    for text, label in zip(texts, labels):
+        w = str(text).split()
+        if len(w) < words + 2:
+            continue
+        opening = " ".join(w[:words])
+        if (int(label), opening) not in seen:
+            seen.add((int(label), opening))
+            bank.setdefault(int(label), []).append(opening)
+    missing = [str(label_names[i]) for i in range(len(label_names)) if i not in bank]
+    if missing:
+        raise DataError(f"augment.generate.prompts=source: no training row of class(es) {missing} has "
+                        f"{words + 2} words or more to open a sample; lower augment.generate.opening_words or "
+                        "give a prompt bank")
+    return dict(sorted(bank.items()))
+
+
 # ------------------------------------------------------------------ lengths
 
 

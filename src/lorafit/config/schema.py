@@ -325,7 +325,11 @@ class GenerateConfig(Section):
     top-p 0.95, repetition penalty 1.3); runs at `predict.precision`."""
 
     enabled: Bool = Field(False, description="Generate samples.")
-    prompts: NonEmpty = Field("configs/prompts/agnews.yaml", description="The prompt bank (YAML, prompts per class).")
+    prompts: NonEmpty = Field("configs/prompts/agnews.yaml", description="The prompt bank (YAML, prompts per class), "
+                              "or `source`: each sample opens with the first `opening_words` words of a labeled "
+                              "training row of its class (no bank to write; use with `keep_prompt: true`).")
+    opening_words: Int = Field(8, ge=1, le=64, description="With `prompts: source`: words of the training row that "
+                               "open a sample (rows with fewer words than this + 2 are not used).")
     model: Optional[Str] = Field(None, description="The generating LM; null = the adapted LM of `augment.lm`.")
     per_class: Int = Field(3000, ge=1, **cap(COUNT_CAP), description="Samples per class.")
     top_k: Int = Field(50, ge=0, **cap(COUNT_CAP), description="Top-k sampling; 0 = no top-k filter.")
