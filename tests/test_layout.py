@@ -16,7 +16,7 @@ LAYERS = {
     "entry": {"lorafit", "cli", "api"},
     "recipe": {"pipeline", "selftrain", "search", "search_space", "search_results"},
     "stage": {"augment", "train", "predict", "report"},
-    "core": {"data", "model", "budget", "inference", "metrics", "prior", "text", "precision", "io_utils",
+    "core": {"data", "model", "budget", "inference", "metrics", "prior", "text", "precision", "io_utils", "views",
              "errors", "config", "runs", "logs"},
 }
 ORDER = list(LAYERS)

@@ -152,6 +152,9 @@ class Classifier:
         self.run_dir = Path(run_dir)
         with known_warnings_silenced():
             self.model, self.tokenizer, self.config, self.merge_adapters = load_trained(self.run_dir)
+        from lorafit.views import load_views
+
+        self.views = load_views(self.run_dir / "model")  # frozen views the run's model averages in
         self.labels: list[str] = list(map(str, self.config.data.labels))
 
     def __repr__(self) -> str:
@@ -161,10 +164,13 @@ class Classifier:
         from lorafit.inference import predict_with_config
         from lorafit.logs import known_warnings_silenced
 
+        from lorafit.views import with_views
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
         with known_warnings_silenced():
-            return predict_with_config(self.model, self.tokenizer, self.config,
-                                       [texts] if isinstance(texts, str) else list(texts),
-                                       merge_adapters=self.merge_adapters)
+            logits = predict_with_config(self.model, self.tokenizer, self.config, texts,
+                                         merge_adapters=self.merge_adapters)
+            return with_views(logits, self.views, texts, self.config)
 
     def predict_proba(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         from scipy.special import softmax

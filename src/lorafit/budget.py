@@ -28,6 +28,7 @@ class BudgetReport:
     contributors: list = field(default_factory=list)  # [(module pattern, count)], largest first (one adapter)
     adapters: int = 1  # adapters the run's model averages (train.adapters, selftrain.students, ...)
     per_adapter: int = 0  # trainable parameters of one adapter (PEFT's count); 0: ``trainable``
+    views: list = field(default_factory=list)  # [(view label, trainable)]: frozen views' heads (lorafit.views)
 
     def __post_init__(self):
         self.per_adapter = self.per_adapter or self.trainable
@@ -43,6 +44,12 @@ class BudgetReport:
         return BudgetReport(n * adapters, self.total + (adapters - 1) * n, self.max_trainable, self.breakdown,
                             self.contributors, adapters, n)
 
+    def with_views(self, views: list) -> "BudgetReport":
+        """This count plus the heads of frozen views (``[(label, trainable)]``), which the budget counts too."""
+        n = sum(c for _, c in views)
+        return BudgetReport(self.trainable + n, self.total + n, self.max_trainable, self.breakdown, self.contributors,
+                            self.adapters, self.per_adapter, list(views))
+
     def peft_line(self) -> str:
         """PEFT's line for one adapter."""
         one = self.total - (self.adapters - 1) * self.per_adapter
@@ -56,6 +63,8 @@ class BudgetReport:
         if self.adapters > 1:
             lines.append(f"  {f'x {self.adapters} adapters':<16} {self.trainable:>12,}  "
                          f"({self.adapters} x {self.per_adapter:,}: the run's model averages {self.adapters} adapters)")
+        for label, n in self.views:
+            lines.append(f"  {'+ ' + label:<16} {n:>12,}")
         lines.append(f"  {'budget':<16} {self.max_trainable:>12,}  "
                      + ("OK" if self.within else f"EXCEEDED by {self.trainable - self.max_trainable:,}"))
         return "\n".join(lines)
@@ -73,6 +82,8 @@ class BudgetReport:
                "largest_contributors": [{"module": m, "params": n} for m, n in self.contributors]}
         if self.adapters > 1:
             out.update(adapters=self.adapters, trainable_per_adapter=self.per_adapter)
+        if self.views:
+            out["views"] = [{"view": label, "params": n} for label, n in self.views]
         return out
 
 
@@ -107,7 +118,12 @@ def count_budget(cfg: Config) -> BudgetReport:
     times the adapters the run's model averages (:attr:`lorafit.config.Config.predictor_adapters`).
     The head has a row per class: ``data.labels``, or when null those of ``data.source``."""
     report = count_parameters(build_model(cfg, weights=False).model, cfg.budget.max_trainable)
-    return report.times(cfg.predictor_adapters) if cfg.predictor_adapters > 1 else report
+    report = report.times(cfg.predictor_adapters) if cfg.predictor_adapters > 1 else report
+    if cfg.views:
+        from lorafit.views import view_parameters
+
+        report = report.with_views(view_parameters(cfg))
+    return report
 
 
 def check_budget(cfg: Config) -> BudgetReport:
@@ -117,6 +133,7 @@ def check_budget(cfg: Config) -> BudgetReport:
         top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
         several = (f" ({report.adapters} adapters x {report.per_adapter:,}: fewer train.adapters / selftrain.students "
                    "also fit)" if report.adapters > 1 else "")
+        several += "".join(f"; {label}: {n:,}" for label, n in report.views)
         raise BudgetExceeded(
             f"trainable parameters {report.trainable:,}{several} exceed budget.max_trainable={report.max_trainable:,} "
             f"by {report.trainable - report.max_trainable:,}. Largest contributors: {top}. "

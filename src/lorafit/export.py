@@ -113,6 +113,9 @@ def export_merged(run_dir: Path | str, out_dir: Path | str, onnx: bool = False) 
     logits with onnxruntime (needs the ``onnx`` and ``onnxruntime`` packages)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     require_trained_run(run_dir)
+    if any((run_dir / "model" / "views").glob("*/view.json")):
+        raise ModelError(f"{run_dir}: its model averages frozen views (model/views) with the adapter, which no "
+                         "single merged model reproduces; export needs a run without views")
     check_ours(out_dir, EXPORT_FOLDER)
     if out_dir.resolve() == run_dir.resolve() or run_dir.resolve() in out_dir.resolve().parents:
         raise OutputError(f"{EXPORT_FOLDER} '{out_dir}' is inside the run folder; choose a folder outside it")

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import datasets
 import numpy as np
@@ -40,6 +40,7 @@ from lorafit.report import (StageTimer, environment, plot_confusion, plot_curves
                             write_model_card, write_report)
 from lorafit.selftrain import SelfTrainResult, self_train
 from lorafit.train import TrainedAdapters, save_trained, train_adapters, with_teacher_logits
+from lorafit.views import View, combine, fit_views, view_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,17 @@ def run(cfg: Config, prepared: Optional[PreparedData] = None, fresh: bool = Fals
         return None
     model, merge = save_model(cfg, model, tokenizer, trained.history + selftrain.history, run_dir, facts)
     timer.lap("save")
+    views = []
+    if cfg.views:  # frozen views, fitted on the labeled source rows, saved beside the adapters
+        views = fit_views(cfg, data.train["text"], data.train["label"], run_dir / runs.MODEL, progress=True)
+        timer.lap("views")
 
-    metrics = evaluate_run(cfg, model, tokenizer, data.val, facts, trained, selftrain, train_seconds, run_dir, merge)
+    metrics = evaluate_run(cfg, model, tokenizer, data.val, facts, trained, selftrain, train_seconds, run_dir, merge,
+                           views=views)
     timer.lap("evaluate")
     if data.target is not None:
-        metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir, merge)
+        metrics.target = predict_target_set(cfg, model, tokenizer, data.target, train, selftrain, run_dir, merge,
+                                            views=views)
         timer.lap("predict")
     metrics.provenance = provenance or runs.provenance()
     finish_run(cfg, run_dir, metrics, timer, data.target)
@@ -153,10 +160,13 @@ def save_model(cfg: Config, model, tokenizer, history: list, run_dir: Path, fact
 
 def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: RunFacts, trained: TrainedAdapters,
                  selftrain: SelfTrainResult, train_seconds: float, run_dir: Path,
-                 merge_adapters: bool = False) -> RunMetrics:
-    """The run's results on the validation set (with the confusion and curves plots)."""
+                 merge_adapters: bool = False, views: Sequence[View] = ()) -> RunMetrics:
+    """The run's results on the validation set (with the confusion and curves plots); with ``views``,
+    those of the adapters averaged with the views, and each one's alone in ``views``."""
     each: dict = {}  # an ensemble's adapters' validation logits
-    val_metrics = evaluate(model, tokenizer, cfg, val, each=each, merge_adapters=merge_adapters)
+    seen: dict = {}  # the views' validation accuracies
+    val_metrics = evaluate(model, tokenizer, cfg, val, each=each, merge_adapters=merge_adapters, views=views,
+                           view_metrics=seen)
     plot_confusion(val_metrics["confusion_matrix"], list(map(str, cfg.data.labels)), run_dir / runs.CONFUSION_PLOT)
     plot_curves(trained.history + selftrain.history, run_dir / runs.CURVES_PLOT)
     # the main training's model is its best evaluation, not its last (one adapter; averaging keeps the last)
@@ -164,17 +174,18 @@ def evaluate_run(cfg: Config, model, tokenizer, val: datasets.Dataset, facts: Ru
                 if len(trained.adapters) == 1 and trained.trainer.args.load_best_model_at_end else None)
     return RunMetrics(val_accuracy=val_metrics["accuracy"], val_macro_f1=val_metrics["macro_f1"], val=val_metrics,
                       **facts.to_dict(), selftrain=selftrain.rounds, train_seconds=round(train_seconds, 1),
-                      **({"restored": restored} if restored else {}),
+                      **({"restored": restored} if restored else {}), **({"views": seen} if seen else {}),
                       **ensemble_metrics(cfg, each, val_metrics, val, trained))
 
 
 def predict_target_set(cfg: Config, model, tokenizer, target: datasets.Dataset, train: datasets.Dataset,
-                       selftrain: SelfTrainResult, run_dir: Path, merge_adapters: bool = False) -> dict:
-    """Predict the target set with the label prior (reusing self-training's last predictions) and
-    write submission.csv; returns metrics.json's ``target``."""
+                       selftrain: SelfTrainResult, run_dir: Path, merge_adapters: bool = False,
+                       views: Sequence[View] = ()) -> dict:
+    """Predict the target set with the label prior (reusing self-training's last predictions, averaged
+    with the ``views``) and write submission.csv; returns metrics.json's ``target``."""
     return predict_and_submit(
         cfg, target["text"], run_dir / runs.SUBMISSION, run_dir=run_dir, model=model, tokenizer=tokenizer,
-        merge_adapters=merge_adapters,
+        merge_adapters=merge_adapters, views=list(views),
         logits=selftrain.target_logits, train_prior=label_prior(train["label"], len(cfg.data.labels)),
         ids=target["id"] if "id" in target.column_names else None)
 
@@ -207,11 +218,23 @@ def start_run_folder(cfg: Config, run_dir: Path, fresh: bool) -> bool:
 
 
 def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional[dict] = None,
-             merge_adapters: bool = False) -> dict:
+             merge_adapters: bool = False, views: Sequence[View] = (), view_metrics: Optional[dict] = None) -> dict:
     """Accuracy, macro-F1, per-class metrics and confusion matrix on a prepared (clean) labeled set.
-    ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.inference.predict_logits`)."""
+    ``each``: receives an ensemble's adapters' logits by name (see :func:`lorafit.inference.predict_logits`).
+    ``views``: averaged in (:func:`lorafit.views.combine`); ``view_metrics`` then receives the
+    adapters' accuracy alone and each view's (weight, trainable parameters, accuracy alone)."""
     logits = predict_with_config(model, tokenizer, cfg, ds["text"], clean=False, each=each,  # prepared: clean
                                  merge_adapters=merge_adapters)
+    if views:
+        labels = np.asarray(ds["label"])
+        probs = view_probabilities(views, ds["text"], cfg, clean=False, progress=True)
+        if view_metrics is not None:
+            view_metrics["adapters_val_accuracy"] = float((logits.argmax(1) == labels).mean())
+            view_metrics["views"] = [{"name": v.name, "kind": v.spec["kind"], "model": v.spec.get("model"),
+                                      "weight": v.weight, "trainable": v.parameters,
+                                      "val_accuracy": float((p.argmax(1) == labels).mean())}
+                                     for v, p in zip(views, probs)]
+        logits = combine(logits, probs, [v.weight for v in views])
     return classification_metrics(ds["label"], logits.argmax(1), list(map(str, cfg.data.labels)))
 
 
@@ -270,6 +293,10 @@ def summary(cfg: Config, m: RunMetrics) -> str:
         lines.append(f"- ensemble of {e['adapters']} adapters ({each:,} trainable each), probabilities averaged; "
                      "validation accuracy per adapter: "
                      + ", ".join(f"{n} {100 * a:.2f}%" for n, a in zip(e["names"], e["val_accuracy_per_adapter"])))
+    if m.views:
+        lines.append("- views averaged in: " + "; ".join(
+            f"{v['name']} (weight {v['weight']:g}, {v['trainable']:,} trainable) {100 * v['val_accuracy']:.2f}%"
+            for v in m.views["views"]) + f"; the adapters alone {100 * m.views['adapters_val_accuracy']:.2f}%")
     if m.target:
         dist = ", ".join(f"{n} {c}" for n, c in zip(names, m.target["predicted_distribution"]))
         lines.append(f"- target set: {m.target['rows']:,} rows predicted ({dist}) -> submission.csv")

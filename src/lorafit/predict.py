@@ -28,8 +28,9 @@ from lorafit.errors import ConfigError, DataError, RunStateError
 from lorafit.io_utils import atomic_path, atomic_write_text, texts_digest
 from lorafit.metrics import agreement_estimate, classification_metrics, distribution
 from lorafit.prior import adjust_predictions, carry_adjustment, parse_prior
-from lorafit.runs import CONFIG, DATA, TARGET_PROBS, require_trained_run
+from lorafit.runs import CONFIG, DATA, MODEL, TARGET_PROBS, require_trained_run
 from lorafit.runs import read_target_probs as read_saved_target_probs
+from lorafit.views import load_views, with_views
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,16 @@ def label_prior(labels: Sequence[int], k: int) -> np.ndarray:
 def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, run_dir: Path,
                        model=None, tokenizer=None, merge_adapters: bool = False, logits: Optional[np.ndarray] = None,
                        train_prior: Optional[Sequence[float]] = None, reuse_probs: bool = False,
-                       save_probs: bool = True, ids: Optional[Sequence[str]] = None) -> dict:
+                       save_probs: bool = True, ids: Optional[Sequence[str]] = None,
+                       views: Optional[list] = None) -> dict:
     """Predict the target ``texts``, apply ``cfg.predict.prior`` and write ``submission`` (ID,Label;
     ``ids``: the target set's own IDs, else the row numbers).
 
     The probabilities come from ``logits`` when given, else from the run's saved
     ``target_probs.npz`` when ``reuse_probs`` and it was computed for these texts (a prior is then
     re-applied without the model), else from ``model`` (loaded from ``run_dir`` when None;
-    ``merge_adapters``: what :func:`lorafit.precision.for_inference` returned with it).
+    ``merge_adapters``: what :func:`lorafit.precision.for_inference` returned with it), averaged with
+    the run's frozen ``views`` (None: those saved in ``run_dir``; see :mod:`lorafit.views`).
     Freshly computed ones are saved to ``run_dir/target_probs.npz`` when ``save_probs``. Returns
     the target-set facts of metrics.json: rows, predicted and raw class counts, mean confidence and
     the prior applied.
@@ -94,7 +97,9 @@ def predict_and_submit(cfg: Config, texts: Sequence[str], submission: Path, *, r
 
                 model, tokenizer, _, merge_adapters = load_trained(run_dir)
             logits = predict_with_config(model, tokenizer, cfg, texts, progress=True, merge_adapters=merge_adapters)
-        probs = softmax(logits, axis=-1)
+        if views is None:
+            views = load_views(Path(run_dir) / MODEL)
+        probs = softmax(with_views(logits, views, texts, cfg, progress=True), axis=-1)
         if save_probs:
             save_target_probs(probs_file, probs, texts)
     probs, adjusted, info = _with_prior(probs, cfg, train_prior)
@@ -222,6 +227,7 @@ def score_run_on_file(run_dir: Path | str, data: Any, *, text_column: Optional[s
 
     model, tok, cfg, merge_adapters = load_trained(run_dir)
     logits = predict_with_config(model, tok, cfg, ds["text"], progress=progress, merge_adapters=merge_adapters)
+    logits = with_views(logits, load_views(run_dir / MODEL), ds["text"], cfg, progress=progress)
     preds, fitted = logits.argmax(1), None
     if adjust:
         probs = softmax(logits, axis=-1)

@@ -205,6 +205,7 @@ class RunMetrics(RunFacts):
     train_seconds: Optional[float] = None
     ensemble: Optional[dict[str, Any]] = None  # several adapters averaged: each one's validation accuracy
     checkpoint_average: Optional[dict[str, Any]] = None  # train.average_checkpoints: the steps averaged
+    views: Optional[dict[str, Any]] = None  # frozen views averaged in: each one's and the adapters' validation accuracy
     restored: Optional[dict[str, Any]] = None  # the evaluation load_best_model_at_end restored (metrics.restored_evaluation)
     provenance: Optional[dict[str, Any]] = None  # start time, command line, lorafit version, config file and its git commit
     target: Optional[dict[str, Any]] = None  # lorafit.predict's facts of the target set's prediction

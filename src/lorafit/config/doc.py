@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import typing
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -81,6 +81,9 @@ def _section(cls: type[BaseModel], prefix: str, out: list[str]) -> None:
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             subsections.append((name, field.annotation))
             continue
+        item = _list_item(field.annotation)
+        if item is not None:  # a list of sections (views): its items' keys under NAME[i]
+            subsections.append((f"{name}[i]", item))
         if field.exclude:
             continue
         desc = (field.description or "").replace("|", "\\|")
@@ -89,6 +92,14 @@ def _section(cls: type[BaseModel], prefix: str, out: list[str]) -> None:
     out.append("")
     for name, sub in subsections:
         _section(sub, f"{prefix}.{name}" if prefix else name, out)
+
+
+def _list_item(tp) -> "type[BaseModel] | None":
+    """The section type of a ``list[Section]`` annotation, else None."""
+    args = get_args(tp)
+    if get_origin(tp) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
 
 
 def render() -> str:
@@ -107,6 +118,8 @@ def undescribed(cls: type[BaseModel] = Config, prefix: str = "") -> list[str]:
             missing.append(key)
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             missing += undescribed(field.annotation, key + ".")
+        elif _list_item(field.annotation) is not None:
+            missing += undescribed(_list_item(field.annotation), key + "[i].")
     return missing
 
 

