@@ -159,7 +159,9 @@ def test_the_budget_counts_the_views_heads(tiny_roberta_dir, tmp_path):
     both = count_budget(load_config(None, [*base, views]))
     assert both.trainable == plain.trainable + (32 * 4 + 4) + (1000 * 4 + 4)
     assert [n for _, n in both.views] == [132, 4004] and both.to_dict()["views"][1]["params"] == 4004
-    assert "+ view tfidf" in both.render()
+    lines = both.render().splitlines()
+    assert lines[-4].split()[:3] == ["+", "view", "132"] and lines[-3].split()[2] == "4,004"
+    assert lines[-2].split() == ["total", f"{both.trainable:,}"]
     tight = [*base, views, f"budget.max_trainable={plain.trainable + 4000}"]
     with pytest.raises(BudgetExceeded, match="view tfidf: 4,004"):
         check_budget(load_config(None, tight))

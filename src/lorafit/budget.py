@@ -61,10 +61,12 @@ class BudgetReport:
         for k, v in self.breakdown.items():
             lines.append(f"  {k:<16} {v:>12,}")
         if self.adapters > 1:
-            lines.append(f"  {f'x {self.adapters} adapters':<16} {self.trainable:>12,}  "
+            lines.append(f"  {f'x {self.adapters} adapters':<16} {self.adapters * self.per_adapter:>12,}  "
                          f"({self.adapters} x {self.per_adapter:,}: the run's model averages {self.adapters} adapters)")
         for label, n in self.views:
-            lines.append(f"  {'+ ' + label:<16} {n:>12,}")
+            lines.append(f"  {'+ view':<16} {n:>12,}  ({label})")
+        if self.views:
+            lines.append(f"  {'total':<16} {self.trainable:>12,}")
         lines.append(f"  {'budget':<16} {self.max_trainable:>12,}  "
                      + ("OK" if self.within else f"EXCEEDED by {self.trainable - self.max_trainable:,}"))
         return "\n".join(lines)
@@ -133,7 +135,7 @@ def check_budget(cfg: Config) -> BudgetReport:
         top = ", ".join(f"{m} ({n:,})" for m, n in report.contributors)
         several = (f" ({report.adapters} adapters x {report.per_adapter:,}: fewer train.adapters / selftrain.students "
                    "also fit)" if report.adapters > 1 else "")
-        several += "".join(f"; {label}: {n:,}" for label, n in report.views)
+        several += "".join(f"; view {label}: {n:,}" for label, n in report.views)
         raise BudgetExceeded(
             f"trainable parameters {report.trainable:,}{several} exceed budget.max_trainable={report.max_trainable:,} "
             f"by {report.trainable - report.max_trainable:,}. Largest contributors: {top}. "

@@ -542,7 +542,7 @@ class ViewConfig(Section):
 
     @property
     def label(self) -> str:
-        return f"view {self.kind}" + (f" ({self.model})" if self.kind == "encoder" else "")
+        return self.kind + (f" {self.model}" if self.kind == "encoder" else "")
 
 
 class Config(Section):
