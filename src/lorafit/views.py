@@ -179,6 +179,7 @@ def _embed(model_dir: str, texts: Sequence[str], max_length: int, batch_size: in
                 return cached
         except (OSError, ValueError):
             pass  # damaged: computed again and replaced
+    log.info("view embeddings: %d texts through %s (%s)", len(texts), model_dir, prec)
     out = _encode(model_dir, texts, max_length, batch_size, prec, progress)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
