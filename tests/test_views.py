@@ -192,6 +192,8 @@ def test_a_run_with_views_reports_them_and_every_path_predicts_alike(viewed):
     assert m["budget"]["views"][0]["params"] == 32 * 4 + 4
     summary = (run_dir / "summary.md").read_text()
     assert "views averaged in: 0-encoder (weight 0.3" in summary and "the adapters alone" in summary
+    page = (run_dir / "report.html").read_text()
+    assert "+ view tfidf" in page and f"{m['budget']['views'][1]['params']:,}" in page
     import lorafit
 
     texts = [r["text"] for r in tiny_labeled_rows(1)]

@@ -174,8 +174,10 @@ def _budget(f: dict) -> str:
     rows = [[esc(name), num(n), pct(n / limit), bar(n / limit)] for name, n in (b.get("breakdown") or {}).items()]
     if b.get("adapters", 1) > 1:  # the rows above are one adapter's
         n = b.get("trainable_per_adapter", 0)
-        rows.append([f"x {b['adapters']} adapters (one adapter: {num(n)})", num(b["trainable"]),
-                     pct(b["trainable"] / limit), bar(b["trainable"] / limit)])
+        k = b["adapters"] * n
+        rows.append([f"x {b['adapters']} adapters (one adapter: {num(n)})", num(k), pct(k / limit), bar(k / limit)])
+    for v in b.get("views") or []:  # frozen views' heads (lorafit.views)
+        rows.append([f"+ view {esc(v['view'])}", num(v["params"]), pct(v["params"] / limit), bar(v["params"] / limit)])
     rows.append(["<b>trainable in all</b>", f"<b>{num(b['trainable'])}</b>", pct(b["trainable"] / limit),
                  bar(b["trainable"] / limit)])
     rows.append(["limit (budget.max_trainable)", num(limit), "100.00%", bar(1.0, alt=True)])
