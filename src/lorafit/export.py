@@ -14,7 +14,8 @@ from typing import Optional
 from lorafit.config import MINILM_ALIASES, Config, hub_model_id, load_config
 from lorafit.errors import LorafitError, ModelError, OutputError
 from lorafit.io_utils import MARK, atomic_path, check_ours, mark_ours
-from lorafit.runs import require_trained_run
+from lorafit.runs import MODEL, require_trained_run
+from lorafit.views import VIEW_FILE, VIEWS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def export_merged(run_dir: Path | str, out_dir: Path | str, onnx: bool = False) 
     logits with onnxruntime (needs the ``onnx`` and ``onnxruntime`` packages)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     require_trained_run(run_dir)
-    if any((run_dir / "model" / "views").glob("*/view.json")):
+    if any((run_dir / MODEL / VIEWS_DIR).glob(f"*/{VIEW_FILE}")):
         raise ModelError(f"{run_dir}: its model averages frozen views (model/views) with the adapter, which no "
                          "single merged model reproduces; export needs a run without views")
     check_ours(out_dir, EXPORT_FOLDER)

@@ -295,8 +295,7 @@ def fit_view(spec: dict, texts: Sequence[str], labels: Sequence[int], num_labels
         vocab = {t: int(i) for t, i in vec.vocabulary_.items()}
         idf = vec.idf_.astype(np.float32)
     else:
-        view = View(spec, np.zeros((0, 0)), np.zeros(0))
-        x = view.features(texts, batch_size=batch_size, precision=precision, progress=progress)
+        x = _embed(resolve_encoder(spec["model"]), list(texts), int(spec["max_length"]), batch_size, precision, progress)
     lr = LogisticRegression(C=float(spec["C"]), max_iter=3000, random_state=seed).fit(x, labels)
     coef = np.zeros((num_labels, x.shape[1]), np.float32)  # a class absent from the rows: never predicted
     intercept = np.full(num_labels, -1e4, np.float32)
@@ -369,12 +368,14 @@ def view_probabilities(views: Sequence[View], texts: Sequence[str], cfg: Config,
     """Each view's probabilities for ``texts`` (cleaned first as the adapters' input is, when ``clean``)."""
     if not views:
         return []
+    from lorafit.precision import inference_precision  # torch: only once there are views to run
+
     if clean and cfg.clean.enabled:
         from lorafit.data.clean import clean_text
 
         texts = [clean_text(t, cfg.clean.truncate_words) for t in texts]
-    return [v.predict_proba(texts, batch_size=cfg.predict.batch_size, precision=_precision(cfg), progress=progress)
-            for v in views]
+    return [v.predict_proba(texts, batch_size=cfg.predict.batch_size, precision=inference_precision(cfg),
+                            progress=progress) for v in views]
 
 
 def with_views(logits: np.ndarray, views: Sequence[View], texts: Sequence[str], cfg: Config,
@@ -385,26 +386,22 @@ def with_views(logits: np.ndarray, views: Sequence[View], texts: Sequence[str], 
     return combine(logits, view_probabilities(views, texts, cfg, clean, progress), [v.weight for v in views])
 
 
-def _precision(cfg: Config) -> str:
-    from lorafit.precision import inference_precision
-
-    return inference_precision(cfg)
-
-
 def fit_views(cfg: Config, texts: Sequence[str], labels: Sequence[int], model_dir: Path,
               progress: bool = False) -> list[View]:
     """Fit every configured view on the (clean) labeled ``texts`` and save it under
     ``<model_dir>/views``; a view already saved there with the same settings is loaded instead (a
     resumed run does not embed the training rows again)."""
+    from lorafit.precision import inference_precision
+
     saved = {v.name: v for v in load_views(model_dir)}
     out = []
-    for i, spec in enumerate(view_specs(cfg)):
+    for spec in view_specs(cfg):
         old = saved.get(spec["name"])
         if old is not None and {k: old.spec.get(k) for k in spec} == spec:
             out.append(old)
             continue
         view, _ = fit_view(spec, texts, labels, len(cfg.data.labels), seed=cfg.seed,
-                           batch_size=cfg.predict.batch_size, precision=_precision(cfg), progress=progress)
+                           batch_size=cfg.predict.batch_size, precision=inference_precision(cfg), progress=progress)
         save_view(view, Path(model_dir) / VIEWS_DIR / spec["name"])
         log.info("view %s fitted on %d rows: %d trainable parameters", spec["name"], len(texts), view.parameters)
         out.append(view)
