@@ -86,6 +86,13 @@ def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     if p.type == "threshold":
         return optuna.pruners.ThresholdPruner(lower=p.lower, n_warmup_steps=p.n_warmup_steps,
                                               interval_steps=p.interval_steps)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                      reduction_factor=p.reduction_factor)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource,
+                                              max_resource=p.max_resource or "auto",
+                                              reduction_factor=p.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -205,7 +212,8 @@ class Searcher:
         """The data stage once per worker for every trial that shares its data settings."""
         from lorafit.data import prepare_data
 
-        key = json.dumps([cfg.data.model_dump(), cfg.clean.model_dump(), cfg.seed], sort_keys=True)
+        key = json.dumps([cfg.data.model_dump(), cfg.clean.model_dump(), cfg.seed, cfg.model.max_length],
+                         sort_keys=True)  # texts are clipped by max_length
         if key not in self._data:
             self._data = {key: prepare_data(cfg)}  # keep one: a search rarely varies the data
         return self._data[key]

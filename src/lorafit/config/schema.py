@@ -476,14 +476,22 @@ class PrunerConfig(Section):
     """Early stopping of poor trials in `lorafit search`, judged on the validation accuracy at each evaluation
     (set train.eval_steps so a trial evaluates several times)."""
 
-    type: Literal["median", "percentile", "threshold", "none"] = Field(
+    type: Literal["median", "percentile", "threshold", "hyperband", "successive_halving", "none"] = Field(
         "median", description="`median` (stop a trial below the other trials' median at the same step), "
-        "`percentile`, `threshold` (below `lower`) or `none`.")
+        "`percentile`, `threshold` (below `lower`), `successive_halving` (only the best 1/`reduction_factor` of "
+        "the trials at each rung of `min_resource` x `reduction_factor`^k steps go on), `hyperband` (several "
+        "such brackets, from aggressive to none) or `none`.")
     n_startup_trials: Int = Field(2, ge=0, description="Completed trials before median/percentile pruning starts.")
     n_warmup_steps: Int = Field(0, ge=0, description="No pruning before this training step.")
     interval_steps: Int = Field(1, ge=1, description="Check every N steps.")
     percentile: Float = Field(50.0, gt=0, lt=100, description="For `percentile`: the percentile to beat.")
     lower: Optional[Float] = Field(None, description="For `threshold`: the least validation accuracy to go on.")
+    min_resource: Int = Field(1, ge=1, description="For `hyperband`/`successive_halving`: training steps before the "
+                              "first rung (set it to train.eval_steps or a multiple).")
+    max_resource: Optional[Int] = Field(None, ge=1, description="For `hyperband`: a full trial's training steps; "
+                                        "null = read from the first trial that completes.")
+    reduction_factor: Int = Field(3, ge=2, le=100, description="For `hyperband`/`successive_halving`: 1 in this "
+                                  "many trials goes on at each rung.")
 
     @model_validator(mode="after")
     def _lower(self):
