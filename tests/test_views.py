@@ -197,7 +197,8 @@ def viewed(tiny_roberta_dir, tmp_path_factory) -> dict:
             "dev": write_csv(root / "dev.csv", tiny_labeled_rows(2)),
             "target": write_csv(root / "target.csv", [{"text": r["text"].upper()} for r in tiny_labeled_rows(1)])}
     views = (f"views=[{{kind: encoder, model: {tiny_roberta_dir}, weight: 0.3, max_length: 32}}, "
-             "{kind: tfidf, weight: 0.2, min_df: 1}]")
+             "{kind: tfidf, weight: 0.2, min_df: 1}, {kind: tfidf, analyzer: char, weight: 0.1, min_df: 1, "
+             "max_features: 500}]")
     from lorafit.pipeline import run
 
     weak = {"train.epochs": 1, "train.learning_rate": 1e-4}  # an adapter that barely learns
@@ -209,12 +210,15 @@ def viewed(tiny_roberta_dir, tmp_path_factory) -> dict:
 def test_a_run_with_views_reports_them_and_every_path_predicts_alike(viewed):
     m, run_dir = viewed["metrics"], viewed["run_dir"]
     v = m["views"]
-    assert [x["name"] for x in v["views"]] == ["0-encoder", "1-tfidf"] and v["views"][1]["val_accuracy"] == 1.0
+    assert [x["name"] for x in v["views"]] == ["0-encoder", "1-tfidf", "2-tfidf"] and v["views"][1]["val_accuracy"] == 1.0
+    assert [x.get("analyzer") for x in v["views"]] == [None, "word", "char"]
+    assert m["budget"]["views"][2]["params"] == 500 * 4 + 4
     # an adapter that barely trained: the views carry the run's accuracy above it
     assert m["val_accuracy"] > v["adapters_val_accuracy"]
     assert m["budget"]["views"][0]["params"] == 32 * 4 + 4
     summary = (run_dir / "summary.md").read_text()
     assert "views averaged in: 0-encoder (weight 0.3" in summary and "the adapters alone" in summary
+    assert "2-tfidf (chars) (weight 0.1, 2,004 trainable)" in summary
     page = (run_dir / "report.html").read_text()
     assert "+ view tfidf" in page and f"{m['budget']['views'][1]['params']:,}" in page
     import lorafit

@@ -231,6 +231,8 @@ def evaluate(model, tokenizer, cfg: Config, ds: datasets.Dataset, each: Optional
         if view_metrics is not None:
             view_metrics["adapters_val_accuracy"] = float((logits.argmax(1) == labels).mean())
             view_metrics["views"] = [{"name": v.name, "kind": v.spec["kind"], "model": v.spec.get("model"),
+                                      **({"analyzer": v.spec.get("analyzer", "word")}
+                                         if v.spec["kind"] == "tfidf" else {}),
                                       "weight": v.weight, "trainable": v.parameters,
                                       "val_accuracy": float((p.argmax(1) == labels).mean())}
                                      for v, p in zip(views, probs)]
@@ -295,7 +297,8 @@ def summary(cfg: Config, m: RunMetrics) -> str:
                      + ", ".join(f"{n} {100 * a:.2f}%" for n, a in zip(e["names"], e["val_accuracy_per_adapter"])))
     if m.views:
         lines.append("- views averaged in: " + "; ".join(
-            f"{v['name']} (weight {v['weight']:g}, {v['trainable']:,} trainable) {100 * v['val_accuracy']:.2f}%"
+            f"{v['name']}{' (' + v['analyzer'] + 's)' if v.get('analyzer') else ''} (weight {v['weight']:g}, "
+            f"{v['trainable']:,} trainable) {100 * v['val_accuracy']:.2f}%"
             for v in m.views["views"]) + f"; the adapters alone {100 * m.views['adapters_val_accuracy']:.2f}%")
     if m.target:
         dist = ", ".join(f"{n} {c}" for n, c in zip(names, m.target["predicted_distribution"]))
