@@ -24,7 +24,7 @@ from lorafit.budget import count_budget, fit_ranks, largest_rank
 from lorafit.cli import app
 from lorafit.config import ConfigError, load_config
 from lorafit.search_space import load_search_config
-from lorafit.search import pareto_front, run_search
+from lorafit.search import make_pruner, pareto_front, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -285,3 +285,41 @@ def test_largest_rank_and_pareto_front():
     assert largest_rank(lambda r: r, 10**9, 64) == 64
     pts = [(100, 0.80, "a"), (200, 0.85, "b"), (150, 0.79, "c"), (300, 0.85, "d"), (50, 0.70, "e")]
     assert [t for _, _, t in pareto_front(pts)] == ["e", "a", "b"]
+
+
+def _prune_steps(pruner, values, steps=(30, 60, 90, 180, 270, 360)) -> list:
+    """The step at which each trial (reporting its value at every step) was stopped, or None."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=0))
+    stopped = []
+    for v in values:
+        trial, at = study.ask(), None
+        for step in steps:
+            trial.report(v, step)
+            if trial.should_prune():
+                at = step
+                break
+        study.tell(trial, v if at is None else None,
+                   state=optuna.trial.TrialState.PRUNED if at else optuna.trial.TrialState.COMPLETE)
+        stopped.append(at)
+    return stopped
+
+
+def test_successive_halving_and_hyperband_stop_trials_at_rungs_counted_in_training_steps(tmp_path):
+    def pruner(spec):
+        p = tmp_path / "c.yaml"
+        p.write_text(yaml.safe_dump({"search": {"space": {"lora.r": {"choices": [4]}}, "pruner": spec}}))
+        return make_pruner(load_search_config(p, []).search)
+
+    # rungs at 90 and 270 steps (never before step 90, though every trial reports from step 30): only
+    # the best third of the trials at a rung goes on
+    sha = pruner({"type": "successive_halving", "min_resource": 90, "reduction_factor": 3})
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
+    assert _prune_steps(sha, [0.9, 0.8, 0.7, 0.95, 0.5]) == [None, 90, 90, None, 90]
+    hb = pruner({"type": "hyperband", "min_resource": 90, "max_resource": 360, "reduction_factor": 3})
+    assert isinstance(hb, optuna.pruners.HyperbandPruner)
+    stopped = _prune_steps(hb, [0.9, 0.5, 0.95, 0.4, 0.3, 0.92, 0.2, 0.1, 0.91, 0.35])
+    assert stopped[0] is None and stopped[2] is None  # the best trials of their brackets finish
+    assert {s for s in stopped if s is not None} <= {90, 270} and sum(s is not None for s in stopped) >= 4
+    with pytest.raises(ConfigError, match=re.escape("'search.pruner.reduction_factor'")):
+        pruner({"type": "hyperband", "reduction_factor": 1})
