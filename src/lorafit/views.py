@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from lorafit.config import Config
+from lorafit.config.schema import TFIDF_NGRAMS
 from lorafit.errors import ModelError, RunStateError
 from lorafit.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
@@ -276,7 +277,7 @@ def _vectorizer(spec: dict, vocabulary: Optional[dict] = None, idf: Optional[np.
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     analyzer = spec.get("analyzer", "word")  # views saved before `analyzer` existed are word views
-    ngrams = tuple(spec.get("ngram_range") or (1, 2))
+    ngrams = tuple(spec.get("ngram_range") or TFIDF_NGRAMS[analyzer])
     vec = TfidfVectorizer(lowercase=True, analyzer="char_wb" if analyzer == "char" else "word", ngram_range=ngrams,
                           min_df=int(spec.get("min_df", 2)), sublinear_tf=True,
                           max_features=int(spec["max_features"]), vocabulary=vocabulary, dtype=np.float32)

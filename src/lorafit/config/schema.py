@@ -524,6 +524,9 @@ class SearchConfig(Section):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Pruning of poor trials.")
 
 
+TFIDF_NGRAMS = {"word": (1, 2), "char": (2, 5)}  # a TF-IDF view's n-gram range when `ngram_range` is null
+
+
 class ViewConfig(Section):
     """A frozen view whose probabilities the run's model averages with the adapters' (lorafit.views): a
     logistic regression on a frozen encoder's sentence embeddings, or on word TF-IDF. Only the regression
@@ -559,7 +562,7 @@ class ViewConfig(Section):
     @property
     def ngrams(self) -> list[int]:
         """The n-gram range in effect (tfidf)."""
-        return list(self.ngram_range or ([1, 2] if self.analyzer == "word" else [2, 5]))
+        return list(self.ngram_range or TFIDF_NGRAMS[self.analyzer])
 
     @property
     def label(self) -> str:
